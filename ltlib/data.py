@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import numbers
 import os
 import struct
 import tempfile
@@ -110,7 +111,7 @@ def class_counts(dataset: str, imbalance: float, protocol: str, profile: str = "
 
 
 def _check_imbalance(imbalance) -> None:
-    if isinstance(imbalance, bool) or not isinstance(imbalance, (int, float)):
+    if isinstance(imbalance, bool) or not isinstance(imbalance, numbers.Real):
         raise DataError(f"imbalance factor must be a number >= 1 (n_max / n_min), got {imbalance!r}")
     if not np.isfinite(imbalance) or imbalance < 1:
         raise DataError(f"imbalance factor must be >= 1 (n_max / n_min; 1 = balanced), got {imbalance}")
@@ -197,10 +198,11 @@ def select_long_tailed(labels: np.ndarray, num_classes: int, imbalance: float, p
     labels = np.asarray(labels)
     per_class = [np.flatnonzero(labels == c) for c in range(num_classes)]
     smallest = min(len(idx) for idx in per_class)
+    val_n = CDB_VAL_PER_CLASS if val_per_class is None else int(val_per_class)
+    if val_n >= smallest:
+        raise DataError(f"val_per_class={val_n} leaves no training images (smallest class has {smallest}); "
+                        "pass a smaller val_per_class")
     if protocol == "cdb":
-        val_n = CDB_VAL_PER_CLASS if val_per_class is None else int(val_per_class)
-        if val_n >= smallest:
-            raise DataError(f"val_per_class={val_n} leaves no training images (smallest class has {smallest})")
         counts = long_tailed_counts(n_max or smallest - val_n, num_classes, imbalance, profile)
         train, val = [], []
         for c, idx in enumerate(per_class):
@@ -208,7 +210,6 @@ def select_long_tailed(labels: np.ndarray, num_classes: int, imbalance: float, p
             train.append(kept[: counts[c]])
             val.append(held)
     else:
-        val_n = CDB_VAL_PER_CLASS if val_per_class is None else int(val_per_class)
         counts = long_tailed_counts(n_max or smallest, num_classes, imbalance, profile)
         rng = np.random.RandomState(0)  # exactly LDAM-DRW: one generator, classes in order
         train, val = [], []
@@ -424,7 +425,7 @@ def read_split_file(path: Path) -> list[tuple[str, int]]:
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
-        parts = line.rsplit(maxsplit=1)
+        parts = line.strip().rsplit(maxsplit=1)
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
             raise DataError(f"{path}:{number}: expected '<relative image path> <integer label>', got {line!r}")
         entries.append((parts[0], int(parts[1])))
@@ -545,6 +546,9 @@ def atomic_write_bytes(path: Path, write) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

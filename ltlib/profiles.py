@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from .experiment import DataSpec, RunSpec
+from .methods import parse_method
 from .metrics import ShotThresholds
 from .paths import ROOT
 from .train import TrainConfig
@@ -89,9 +90,13 @@ class ExperimentParams:
 
     def specs(self, methods: list[str] | None = None, **data_overrides) -> list[RunSpec]:
         """One spec per (method, seed), methods in the order given."""
-        return [RunSpec(method, self.data_spec(**data_overrides), self.model, self.train_config(), seed,
-                        thresholds=self.thresholds())
-                for method in (methods or self.methods) for seed in self.seeds]
+        specs = []
+        for entry in methods or self.methods:
+            name, kwargs = parse_method(entry)
+            specs += [RunSpec(name, self.data_spec(**data_overrides), self.model, self.train_config(), seed,
+                              method_kwargs=kwargs, thresholds=self.thresholds(), label=entry if kwargs else None)
+                      for seed in self.seeds]
+        return specs
 
 
 def load_profile(notebook: str, profile: str) -> dict:

@@ -140,6 +140,7 @@ def fit(model: nn.Module, method: Method, data: LongTailedData, config: TrainCon
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
 
+    method.attach(train=train, val=val, generator=generator, config=config)
     identity = {"config": dataclasses.asdict(config), "seed": seed, "method": type(method).__name__}
     history: list[dict] = []
     best = {"epoch": -1, "val": -1.0, "confusion": None}
@@ -162,6 +163,7 @@ def fit(model: nn.Module, method: Method, data: LongTailedData, config: TrainCon
         lr = config.lr_at(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        method.current_lr = lr
         method.on_epoch_start(epoch)
         model.train()
         loss_sum = torch.zeros((), device=device)

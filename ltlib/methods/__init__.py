@@ -25,6 +25,13 @@ class Method:
     def __init__(self, loss: WeightedLoss):
         self.loss = loss
 
+    def attach(self, *, train, val, generator: torch.Generator, config) -> None:
+        """Called once by ``fit`` before training: the device batches of the training and validation
+        splits, the run's random generator and its ``TrainConfig`` (meta-learning methods draw meta
+        batches from ``val`` with ``generator``). ``fit`` also sets ``self.current_lr`` every epoch."""
+
+    current_lr: float = 0.0
+
     def to(self, device) -> "Method":
         self.loss.to(device)
         return self
@@ -116,3 +123,25 @@ def build_method(name: str, class_counts: Sequence[int], *, drw_epoch: int | Non
         method = Method(loss)
     method.head = spec.head
     return method
+
+
+def parse_method(entry: str) -> tuple[str, dict]:
+    """``"cdb_ce:tau=1.5,min_difficulty=0.01"`` -> ("cdb_ce", {"tau": 1.5, "min_difficulty": 0.01}).
+
+    Lets a notebook's ``methods`` parameter (a list of strings) name variants of one method.
+    """
+    import yaml
+
+    name, _, options = entry.partition(":")
+    kwargs = {}
+    for option in filter(None, options.split(",")):
+        key, sep, value = option.partition("=")
+        if not sep:
+            raise ValueError(f"method variant {entry!r}: options are written key=value, got {option!r}")
+        kwargs[key.strip()] = yaml.safe_load(value)
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r} in {entry!r}; choose one of {sorted(METHODS)}")
+    return name, kwargs
+
+
+from . import cdb  # noqa: E402,F401  (registers cdb_ce and cdb_focal)

@@ -1,0 +1,53 @@
+"""Shared fixtures: every test gets its own cache folder, and no test downloads anything.
+
+Tests that need real data read the data root from ``$LTLIB_DATA`` and skip when it is unset
+or the data set is not there; all other test data is written by the tests into ``tmp_path``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# The caller's own cache choice (CI sets LTLIB_CACHE), read before any fixture replaces it: only
+# the real-data test uses it, so a decoded CIFAR-10 JPEG cache can be reused between runs.
+USER_CACHE = os.environ.get("LTLIB_CACHE")
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch) -> Path:
+    """``$LTLIB_CACHE`` -> a fresh folder under tmp_path, so no cache lands in the repository."""
+    cache = tmp_path / "ltlib-cache"
+    monkeypatch.setenv("LTLIB_CACHE", str(cache))
+    monkeypatch.delenv("LTLIB_DOWNLOAD", raising=False)
+    return cache
+
+
+@pytest.fixture
+def user_cache() -> str | None:
+    """``$LTLIB_CACHE`` as the caller set it (None when unset), not the per-test replacement."""
+    return USER_CACHE
+
+
+@pytest.fixture
+def numpy_global_state():
+    """Restore NumPy's global random state after a test that seeds it (as LDAM-DRW's code does)."""
+    state = np.random.get_state()
+    yield
+    np.random.set_state(state)
+
+
+@pytest.fixture
+def real_data_folder():
+    """A function: ``name -> $LTLIB_DATA/<name>``, skipping the test when that folder is not there."""
+    def find(name: str) -> Path:
+        root = os.environ.get("LTLIB_DATA")
+        if not root:
+            pytest.skip("LTLIB_DATA is not set: no real data to test on")
+        folder = Path(root).expanduser() / name
+        if not folder.is_dir():
+            pytest.skip(f"{folder} is absent")
+        return folder
+    return find
