@@ -40,7 +40,7 @@ executed/$(PROFILE) results/$(PROFILE):
 	@mkdir -p $@
 
 $(NOTEBOOKS): %: $(ENV_STAMP) | executed/$(PROFILE)  ## (one target per notebook) run it under PROFILE
-	$(PY) -m papermill notebooks/$@.ipynb $(CURDIR)/executed/$(PROFILE)/$@.ipynb -k $(KERNEL) --cwd notebooks \
+	$(PY) -m papermill notebooks/$@.ipynb executed/$(PROFILE)/$@.ipynb -k $(KERNEL) --cwd notebooks \
 	    -f params/$(PROFILE)/$@.yaml --request-save-on-cell-execute
 
 reproduce: $(ENV_STAMP)  ## run every notebook under PROFILE (quick | cpu-real | paper)
