@@ -11,7 +11,7 @@ PYTEST_FLAGS ?=
 
 export MPLBACKEND ?= Agg
 
-.PHONY: help env test test-unit test-notebooks reproduce notebooks lab benchmark clean distclean $(NOTEBOOKS)
+.PHONY: help env test test-unit reproduce notebooks lab benchmark benchmark-meta clean distclean $(NOTEBOOKS)
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
@@ -55,6 +55,9 @@ lab: $(ENV_STAMP)  ## open JupyterLab on notebooks/
 
 benchmark: $(ENV_STAMP)  ## throughput of the device-resident data path against a DataLoader pipeline
 	$(PY) benchmarks/throughput.py
+
+benchmark-meta: $(ENV_STAMP)  ## seconds per step of Difficulty-Net's meta step against a plain step
+	$(PY) benchmarks/meta_step.py
 
 clean:  ## remove executed quick/paper notebooks, caches and Python bytecode (keeps results, figures, .venv)
 	rm -rf executed/quick executed/paper cache .pytest_cache

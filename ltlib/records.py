@@ -133,3 +133,11 @@ def summary_table(records: Sequence[dict], selected_on: str = "val", group_by: S
         rank = {name: i for i, name in enumerate(order)}
         table = table.sort_values(list(group_by)[0], key=lambda s: s.map(lambda v: rank.get(v, len(rank))))
     return table.reset_index(drop=True)
+
+
+def to_markdown(table) -> str:
+    """A pandas DataFrame as a GitHub markdown table (no extra dependency)."""
+    columns = [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
