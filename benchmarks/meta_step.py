@@ -8,13 +8,15 @@ per class, a multiple of the meta batch, so every meta batch is full. Reported: 
 ``--steps`` steps after ``--warmup`` steps, and its ratio to the plain step. Results go to
 ``results/benchmarks/meta_step-<device>.json`` with provenance. This is a benchmark, not a test.
 
-    python benchmarks/meta_step.py                     # CPU, 2 threads
+    make benchmark-meta                                # CPU, 2 threads, the Makefile's allocator settings
+    python benchmarks/meta_step.py                     # the same without them
     python benchmarks/meta_step.py --device cuda       # on a GPU
     python benchmarks/meta_step.py --steps 2 --out /tmp/meta_step.json   # does it run?
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -98,7 +100,9 @@ def main() -> None:
     result = {"model": "resnet32", "classes": args.classes, "batch_size": args.batch_size,
               "meta_batch_size": args.meta_batch_size, "steps": args.steps, "warmup": args.warmup,
               "threads": torch.get_num_threads(), "device": args.device, "channels_last": args.channels_last,
-              "step_s": {}, "median_step_s": {}, "ratio_to_plain": {}}
+              "step_s": {}, "median_step_s": {}, "ratio_to_plain": {},
+              # glibc allocator settings (the Makefile sets them); they change the timings, not the results
+              "malloc_env": {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}}
     for name in METHODS:
         times = step_times(name, args, device, train, val)
         result["step_s"][name] = [round(t, 5) for t in times]

@@ -140,6 +140,56 @@ class LogitAdjustedLoss(WeightedLoss):
         return F.cross_entropy(logits + self.tau * self.log_prior, targets, reduction="none")
 
 
+def las_smoothing_for_imbalance(imbalance: float) -> tuple[float, float]:
+    """(ε_head, ε_tail) of the Difficulty-Net / MiSLAS CIFAR stage-2 code, picked by imbalance factor."""
+    if imbalance > 100:
+        return 0.4, 0.0
+    if imbalance > 50:
+        return 0.4, 0.1
+    if imbalance > 20:
+        return 0.3, 0.0
+    return 0.2, 0.0
+
+
+class LabelAwareSmoothing(WeightedLoss):
+    """Label-aware smoothing (Zhong et al., "Improving Calibration for Long-Tailed Recognition" (MiSLAS),
+    CVPR 2021), the stage-2 loss of Difficulty-Net:
+
+        ℓ = (1 − ε_y) · (−log p_y) + ε_y · (1/C) Σ_j (−log p_j)
+
+    with a per-class smoothing that is largest for the largest class; shape "concave" (default):
+    ε_c = ε_tail + (ε_head − ε_tail) · sin(π (n_c − n_min) / (2 (n_max − n_min))); "linear" replaces
+    the sine by (n_c − n_min)/(n_max − n_min). ``smooth_head``/``smooth_tail`` default to the CIFAR
+    code's choice for the training set's imbalance factor n_max / n_min.
+    """
+
+    def __init__(self, class_counts, smooth_head: float | None = None, smooth_tail: float | None = None,
+                 shape: str = "concave", reduction: str = "mean"):
+        super().__init__(class_counts, reduction)
+        counts = self.class_counts.double()
+        if smooth_head is None or smooth_tail is None:
+            head, tail = las_smoothing_for_imbalance(float(counts.max() / counts.min().clamp_min(1)))
+            smooth_head = head if smooth_head is None else smooth_head
+            smooth_tail = tail if smooth_tail is None else smooth_tail
+        if not (0 <= smooth_tail <= 1 and 0 <= smooth_head <= 1):
+            raise ValueError(f"smoothing must lie in [0, 1], got head {smooth_head}, tail {smooth_tail}")
+        span = (counts.max() - counts.min()).clamp_min(1e-12)  # a balanced set gets ε_tail everywhere
+        position = (counts - counts.min()) / span
+        if shape == "concave":
+            profile = torch.sin(position * torch.pi / 2)
+        elif shape == "linear":
+            profile = position
+        else:
+            raise ValueError(f"unknown smoothing shape {shape!r}; choose 'concave' or 'linear'")
+        self.smooth_head, self.smooth_tail, self.shape = float(smooth_head), float(smooth_tail), shape
+        self.register_buffer("smoothing", (smooth_tail + (smooth_head - smooth_tail) * profile).float())
+
+    def per_sample(self, logits, targets):
+        log_p = F.log_softmax(logits, dim=1)
+        epsilon = self.smoothing[targets]
+        return -(1.0 - epsilon) * log_p.gather(1, targets[:, None]).squeeze(1) - epsilon * log_p.mean(dim=1)
+
+
 LOSSES: dict[str, Callable[..., WeightedLoss]] = {}
 
 
@@ -156,6 +206,7 @@ register_loss("cb_focal", lambda counts, **kw: ClassBalancedLoss(counts, base="f
 register_loss("ldam", LDAMLoss)
 register_loss("balanced_softmax", lambda counts, **kw: LogitAdjustedLoss(counts, tau=1.0, **kw))
 register_loss("logit_adjust", LogitAdjustedLoss)
+register_loss("las", LabelAwareSmoothing)
 
 
 def build_loss(name: str, class_counts: Sequence[int], **kwargs) -> WeightedLoss:

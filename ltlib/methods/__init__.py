@@ -146,3 +146,4 @@ def parse_method(entry: str) -> tuple[str, dict]:
 
 from . import cdb  # noqa: E402,F401  (registers cdb_ce and cdb_focal)
 from . import difficulty_net  # noqa: E402,F401
+from . import intra_inter  # noqa: E402,F401
