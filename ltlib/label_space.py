@@ -38,6 +38,9 @@ Division and classifiers (:func:`fit_dlsa`)
     sample is predicted by the stage that took it.
 
 Choices, written down
+    * ``standardize=True`` (ours): features are z-scored with training statistics and constant dimensions
+      dropped before anything else; a constant dimension makes the flow's likelihood unbounded (seen on
+      ResNet-32 CIFAR features, where the official learning rate then diverges). The code uses raw features.
     * ``latent_input=True`` (default, the paper's figure): z is the flow latent f(x). The official code
       passes the backbone feature itself as z (``divide_and_conquer(features, features, ...)``);
       ``latent_input=False`` does that.
@@ -275,7 +278,7 @@ def train_flow(features: torch.Tensor, labels: torch.Tensor, num_classes: int, c
             sums += torch.stack([loss.detach(), likelihood.detach(), purity.detach(), balance.detach()])
         if not torch.isfinite(sums).all():
             raise FloatingPointError(f"flow training: non-finite loss at epoch {epoch}; lower FlowConfig.lr "
-                                     f"(now {config.lr}) or standardise the features")
+                                     f"(now {config.lr}); with standardize=False, try standardize=True")
         _, clusters, _ = flow_outputs(flow, features)
         purity_k, size_k = cluster_purity(clusters, labels, config.num_clusters, num_classes)
         remaining = int(((purity_k > config.min_purity) & (size_k > config.min_cluster_size)).sum())
@@ -368,6 +371,8 @@ class DLSAConfig:
     depth: int = 1                 # number of flow filters; 0: the regular classifier alone (a BSM baseline)
     proportion: float = 0.3        # share of the remaining training samples each flow filter takes
     latent_input: bool = True      # z = flow latent (paper's figure); False: z = the feature (official code)
+    standardize: bool = True       # z-score the features and drop constant dimensions first (ours; see fit_dlsa)
+    cpu_threads: int | None = 1    # intra-op threads while fitting (tiny networks: one thread is fastest)
     flow: FlowConfig = None
     classifier: ClassifierConfig = None
     seed: int = 0
@@ -390,12 +395,27 @@ class DLSAConfig:
 def fit_dlsa(features, config: DLSAConfig) -> dict:
     """Run DLSA on a :class:`ltlib.features.FeatureSet` (clean training view). Returns predictions and the
     stage of every validation and test sample, and per-stage details (threshold, sizes, flow logs)."""
+    from .train import cpu_threads
+
+    with cpu_threads(config.cpu_threads):
+        return _fit_dlsa(features, config)
+
+
+def _fit_dlsa(features, config: DLSAConfig) -> dict:
     num_classes = features.num_classes
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     train_x, train_y = features.clean_train()
     splits = {"train": (train_x.float(), train_y), "val": (features.val.float(), features.val_labels),
               "test": (features.test.float(), features.test_labels)}
+    if config.standardize:
+        # A feature dimension that is constant on the training set (a dead ReLU unit, common in small backbones)
+        # makes the flow's likelihood unbounded: the MADE scale of that dimension grows without limit and training
+        # diverges. Such dimensions carry no information; they are dropped and the rest z-scored with training
+        # statistics. The official code feeds raw features (``standardize=False``).
+        mean, std = splits["train"][0].mean(0), splits["train"][0].std(0)
+        keep = std > 1e-6 * std.max().clamp_min(1e-12)
+        splits = {name: ((x[:, keep] - mean[keep]) / std[keep], y) for name, (x, y) in splits.items()}
     remaining = {name: torch.ones(len(y), dtype=torch.bool) for name, (_, y) in splits.items()}
     parts: dict[str, list] = {name: [] for name in splits}  # per split: (mask, predictions) of every stage
     stages = []

@@ -170,3 +170,24 @@ def test_run_dlsa_on_a_trained_digits_model_records_stages_and_caches():
     assert len(out["stages"][0]["llh"]["test"]) == 400
     again = run_dlsa(result, config, profile="quick")
     assert again["cached"] and again["records"][0]["top1"] == record["top1"]
+
+
+def test_standardize_drops_constant_dimensions_that_make_the_likelihood_unbounded():
+    features = blobs([200, 80, 30, 10])
+    for split in ("train", "val", "test"):  # a dead unit: constant on every split
+        getattr(features, split)[:, 2] = 0.5
+    out = fit_dlsa(features, DLSAConfig(depth=1, **SMALL))
+    assert len(out["stages"]) == 2 and out["stages"][0]["flow_log"][-1]["kept_epoch"] is not None
+    log = [entry for entry in out["stages"][0]["flow_log"] if "loss" in entry]
+    assert all(math.isfinite(entry["loss"]) for entry in log)
+
+
+def test_cpu_threads_restores_the_setting():
+    from ltlib.train import cpu_threads
+
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with cpu_threads(None):
+        assert torch.get_num_threads() == before

@@ -62,9 +62,13 @@ class Stage2Config:
     samples_per_class: int = 4
     views: int = 1
     seed: int = 0
+    cpu_threads: int | None = 1          # intra-op threads for the (tiny) classifier training
     device: str = "cpu"
 
     def __post_init__(self):
+        if self.cpu_threads is not None and (isinstance(self.cpu_threads, bool) or not isinstance(self.cpu_threads, int)
+                                             or self.cpu_threads < 1):
+            raise TypeError(f"Stage2Config.cpu_threads must be a positive int or None, got {self.cpu_threads!r}")
         for name in ("epochs", "batch_size", "samples_per_class", "views", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
@@ -133,6 +137,13 @@ def _confusion(classifier: nn.Module, features: torch.Tensor, labels: torch.Tens
 
 def retrain_classifier(features: FeatureSet, linear: nn.Linear, config: Stage2Config) -> dict:
     """Stage-2 training on ``features``; returns the history and the val / last / test-selected confusions."""
+    from ..train import cpu_threads
+
+    with cpu_threads(config.cpu_threads if torch.device(config.device).type == "cpu" else None):
+        return _retrain_classifier(features, linear, config)
+
+
+def _retrain_classifier(features: FeatureSet, linear: nn.Linear, config: Stage2Config) -> dict:
     device = torch.device(config.device)
     features = features.to(device)
     torch.manual_seed(config.seed)
