@@ -3,7 +3,8 @@
 Two-stage methods (Difficulty-Net's stage 2, cRT / LWS) and DLSA work on the penultimate features of a
 trained model (``model.features``, in eval mode, frozen). :func:`run_features` takes a finished run,
 loads its final weights from the run's checkpoint, and returns the training, validation and test
-features with labels; the result is cached as ``features-<views>v-<seed>.pt`` in the run's folder.
+features with labels; the result is cached as ``features-<views>v-<seed>.pt`` in the run's folder (seed 0
+whenever ``views`` is 1: the clean images involve no random draw).
 
 ``views`` > 1 adds augmented copies of the training set (the data set's own random crop and flip, drawn
 from a generator seeded with ``seed``): view 0 is the clean image, views 1.. are augmented. Stage-2
@@ -100,6 +101,7 @@ def run_features(result, *, views: int = 1, seed: int = 0, device: str | torch.d
 
     if isinstance(views, bool) or not isinstance(views, int) or views < 1:
         raise ValueError(f"views must be an int >= 1, got {views!r}")
+    seed = seed if views > 1 else 0  # one view is the clean images: no random draw, one cache file
     path = Path(result.folder) / f"features-{views}v-{seed}.pt"
     if use_cache and path.exists():
         return FeatureSet(**torch.load(path, map_location=device, weights_only=False))
