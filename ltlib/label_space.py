@@ -444,10 +444,11 @@ def _fit_dlsa(features, config: DLSAConfig) -> dict:
                        "sizes": {name: int(taken[name].sum()) for name in splits}, "flow_log": flow_log,
                        "llh": {name: outputs[name][2].tolist() for name in ("train", "test")}})
     last = len(stages)
-    inputs = {name: (x[remaining[name]], x[remaining[name]], None, y[remaining[name]]) for name, (x, y) in splits.items()}
-    if config.latent_input and stages:  # the regular classifier's z: the last flow's latent, as for the stages
-        inputs = {name: (x[remaining[name]], outputs[name][0][remaining[name]], None, y[remaining[name]])
-                  for name, (x, y) in splits.items()}
+    # the regular classifier's z: the last flow's latent, as for the stages (the feature itself if no flow ran)
+    use_latent = config.latent_input and bool(stages)
+    inputs = {name: (x[remaining[name]], (outputs[name][0] if use_latent else x)[remaining[name]], None,
+                     y[remaining[name]])
+              for name, (x, y) in splits.items()}
     if len(inputs["train"][3]):
         classifier = train_classifier(inputs, num_classes, balanced_softmax_log_prior(splits["train"][1], num_classes),
                                       config.classifier, generator)
