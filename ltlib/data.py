@@ -25,18 +25,18 @@ import hashlib
 import numbers
 import os
 import struct
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
+from .io import CorruptFileError, atomic_write_bytes
 from .paths import cache_dir, data_root
 
 PROTOCOLS = ("ldam", "cdb")
-PROFILES = ("exp", "step")
+SHAPES = ("exp", "step")  # long-tail shapes
 CDB_VAL_PER_CLASS = 25
 
 # Per-source facts: classes, pool size per class (for class_counts without touching data),
@@ -75,7 +75,7 @@ class DataNotFoundError(FileNotFoundError):
 # Long-tailed class sizes
 # --------------------------------------------------------------------------------------------
 
-def long_tailed_counts(n_max: int, num_classes: int, imbalance: float, profile: str = "exp",
+def long_tailed_counts(n_max: int, num_classes: int, imbalance: float, shape: str = "exp",
                        step_fraction: float = 0.5) -> list[int]:
     """Per-class sizes of a long-tailed training set.
 
@@ -83,10 +83,10 @@ def long_tailed_counts(n_max: int, num_classes: int, imbalance: float, profile: 
     ``step``: n_max for the first ``step_fraction`` of the classes, int(n_max / IF) for the rest.
     """
     _check_imbalance(imbalance)
-    if profile not in PROFILES:
-        raise DataError(f"unknown long-tail profile {profile!r}; choose one of {PROFILES}")
+    if shape not in SHAPES:
+        raise DataError(f"unknown long-tail shape {shape!r}; choose one of {SHAPES}")
     ratio = 1.0 / float(imbalance)
-    if profile == "exp":
+    if shape == "exp":
         if num_classes == 1:
             return [int(n_max)]
         return [int(n_max * ratio ** (c / (num_classes - 1.0))) for c in range(num_classes)]
@@ -94,7 +94,7 @@ def long_tailed_counts(n_max: int, num_classes: int, imbalance: float, profile: 
     return [int(n_max) if c < n_head else int(n_max * ratio) for c in range(num_classes)]
 
 
-def class_counts(dataset: str, imbalance: float, protocol: str, profile: str = "exp") -> list[int]:
+def class_counts(dataset: str, imbalance: float, protocol: str, shape: str = "exp") -> list[int]:
     """Per-class training counts of ``dataset`` ("cifar10"/"cifar100") under ``protocol``.
 
     Touches no data. ``ldam`` gives the literature's counts (CIFAR-10 IF 100: 12,406 images);
@@ -107,7 +107,16 @@ def class_counts(dataset: str, imbalance: float, protocol: str, profile: str = "
     info = _SOURCE_INFO[key]
     pool = info["pool_per_class"]
     n_max = pool if protocol == "ldam" else pool - CDB_VAL_PER_CLASS
-    return long_tailed_counts(n_max, info["num_classes"], imbalance, profile)
+    return long_tailed_counts(n_max, info["num_classes"], imbalance, shape)
+
+
+def resolve_val_per_class(source: str, val_per_class: int | None) -> int:
+    """Validation images held out per class: 25 (the CDB / Difficulty-Net split) unless given; digits 10."""
+    if val_per_class is None:
+        return 10 if source == "digits" else CDB_VAL_PER_CLASS  # digits: ~140 per class, keep the tail trainable
+    if isinstance(val_per_class, bool) or not isinstance(val_per_class, int) or val_per_class < 0:
+        raise DataError(f"val_per_class must be an int >= 0, got {val_per_class!r}")
+    return val_per_class
 
 
 def _check_imbalance(imbalance) -> None:
@@ -148,7 +157,7 @@ class LongTailedData:
     source: str
     protocol: str
     imbalance: float
-    profile: str
+    shape: str
     class_names: list[str]
     train: ImageSplit
     val: ImageSplit
@@ -159,7 +168,6 @@ class LongTailedData:
     crop_padding: int
     train_indices: np.ndarray  # indices into the source's training pool
     val_indices: np.ndarray
-    meta: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -186,7 +194,7 @@ class LongTailedData:
 # --------------------------------------------------------------------------------------------
 
 def select_long_tailed(labels: np.ndarray, num_classes: int, imbalance: float, protocol: str,
-                       profile: str = "exp", val_per_class: int | None = None,
+                       shape: str = "exp", val_per_class: int | None = None,
                        n_max: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Return (train_indices, val_indices) into ``labels`` for ``protocol``.
 
@@ -203,14 +211,14 @@ def select_long_tailed(labels: np.ndarray, num_classes: int, imbalance: float, p
         raise DataError(f"val_per_class={val_n} leaves no training images (smallest class has {smallest}); "
                         "pass a smaller val_per_class")
     if protocol == "cdb":
-        counts = long_tailed_counts(n_max or smallest - val_n, num_classes, imbalance, profile)
+        counts = long_tailed_counts(n_max or smallest - val_n, num_classes, imbalance, shape)
         train, val = [], []
         for c, idx in enumerate(per_class):
             kept, held = idx[: len(idx) - val_n], idx[len(idx) - val_n:]
             train.append(kept[: counts[c]])
             val.append(held)
     else:
-        counts = long_tailed_counts(n_max or smallest, num_classes, imbalance, profile)
+        counts = long_tailed_counts(n_max or smallest, num_classes, imbalance, shape)
         rng = np.random.RandomState(0)  # exactly LDAM-DRW: one generator, classes in order
         train, val = [], []
         for c, idx in enumerate(per_class):
@@ -242,7 +250,7 @@ def _missing(source: str, root: Path, looked_for: Sequence[Path], how: str) -> D
         "Set LTLIB_DATA to the folder that holds the data sets (for example LTLIB_DATA=/path/to/data).")
 
 
-def _digits(root: Path, download: bool) -> _Raw:
+def _digits(source: str, root: Path, download: bool) -> _Raw:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -256,50 +264,125 @@ def _digits(root: Path, download: bool) -> _Raw:
                 [str(c) for c in range(10)])
 
 
+def _download_guard(source: str, folder: Path, fetch) -> None:
+    """Run ``fetch()``; a failed download (no network, a refused host) is one error, and the folders it
+    created but left empty are removed again."""
+    existed = folder.exists()
+    try:
+        fetch()
+    except (OSError, RuntimeError) as error:  # urllib's URLError is an OSError
+        if not existed and folder.exists() and not any(p.is_file() for p in folder.rglob("*")):
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+        raise DataNotFoundError(f"{source}: downloading into {folder} failed ({type(error).__name__}: {error}). "
+                                "Is there a network? Otherwise copy the files there by hand and run without "
+                                "download (unset LTLIB_DOWNLOAD).") from None
+
+
 def _cifar_pickles(source: str, root: Path, download: bool) -> _Raw:
+    """CIFAR-10 / CIFAR-100 in torchvision's layout (the python pickles), read here, downloaded by torchvision.
+
+    Every file is checked against torchvision's md5 list; ``LTLIB_VERIFY_MD5=0`` accepts files in the same
+    format that are not the official ones (a subset of your own, the test suite's tiny stand-ins).
+    """
+    import pickle
+
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if source == "cifar10" else datasets.CIFAR100
     folder = root / source
-    try:
-        train = cls(str(folder), train=True, download=download)
-        test = cls(str(folder), train=False, download=download)
-    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
-        raise _missing(source, root, [folder / cls.base_folder],
+    base = folder / cls.base_folder
+    if download:
+        _download_guard(source, folder, lambda: (cls(str(folder), train=True, download=True),
+                                                 cls(str(folder), train=False, download=True)))
+    expected = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
+    absent = [base / name for name, _ in expected if not (base / name).exists()]
+    if absent:
+        raise _missing(source, root, absent,
                        f"Download it with ltlib.data.load_long_tailed('{source}', ..., download=True) "
-                       "or LTLIB_DOWNLOAD=1 on a machine with a network.") from err
-    def as_nchw(x):
-        return np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))
-    return _Raw(as_nchw(train.data), np.asarray(train.targets, np.int64), as_nchw(test.data),
-                np.asarray(test.targets, np.int64), list(train.classes))
+                       "or LTLIB_DOWNLOAD=1 on a machine with a network.")
+    if os.environ.get("LTLIB_VERIFY_MD5", "1") != "0":
+        from torchvision.datasets.utils import check_integrity
+
+        damaged = [str(base / name) for name, md5 in expected if not check_integrity(str(base / name), md5)]
+        if damaged:
+            raise DataError(f"{source}: file(s) {damaged} exist but fail torchvision's md5 check (a truncated or "
+                            "damaged copy, or not the official files); delete them and download again "
+                            "(LTLIB_DOWNLOAD=1), or set LTLIB_VERIFY_MD5=0 for CIFAR-format files of your own")
+
+    def read(name: str) -> dict:
+        try:
+            with open(base / name, "rb") as fh:
+                return pickle.load(fh, encoding="latin1")
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError) as error:
+            raise DataError(f"{base / name} cannot be read ({type(error).__name__}: {error}); copy or download "
+                            "it again") from None
+
+    def split(names) -> tuple[np.ndarray, np.ndarray]:
+        batches = [read(name) for name, _ in names]
+        images = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
+        labels = np.concatenate([b.get("labels", b.get("fine_labels")) for b in batches]).astype(np.int64)
+        return np.ascontiguousarray(images), labels
+
+    train_x, train_y = split(cls.train_list)
+    test_x, test_y = split(cls.test_list)
+    classes = list(read(cls.meta["filename"])[cls.meta["key"]])
+    return _Raw(train_x, train_y, test_x, test_y, classes)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def _image_folder_files(folder: Path) -> tuple[list[Path], list[int], list[str]]:
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     files, labels = [], []
     for c, name in enumerate(classes):
-        names = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        names = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not names:
+            raise DataError(f"class folder {folder / name} holds no images ({', '.join(IMAGE_SUFFIXES)}); the data "
+                            "set is incomplete: copy it again, or remove the folder if that class is not meant to be "
+                            "there")
         files += names
         labels += [c] * len(names)
     return files, labels, classes
 
 
 def _decode(files: Sequence[Path]) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    first = np.asarray(Image.open(files[0]).convert("RGB"))
+    def read(path: Path) -> np.ndarray:
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError, SyntaxError) as error:  # truncated / not an image
+            raise DataError(f"image {path} cannot be decoded ({type(error).__name__}: {error}); the file is damaged "
+                            "or truncated: copy it again from the original data set") from None
+
+    first = read(files[0])
     out = np.empty((len(files), 3, *first.shape[:2]), np.uint8)
     for i, path in enumerate(files):
-        with Image.open(path) as im:
-            out[i] = np.asarray(im.convert("RGB")).transpose(2, 0, 1)
+        image = first if i == 0 else read(path)
+        if image.shape != first.shape:
+            raise DataError(f"image {path} is {image.shape[1]}x{image.shape[0]}, the others "
+                            f"{first.shape[1]}x{first.shape[0]}; every image of the data set must have one size")
+        out[i] = image.transpose(2, 0, 1)
     return out
 
 
-def _cifar10_jpeg(root: Path, download: bool) -> _Raw:
+def _cifar10_jpeg(source: str, root: Path, download: bool) -> _Raw:
     folder = root / "cifar10-jpeg"
     if not (folder / "train").is_dir() or not (folder / "test").is_dir():
         raise _missing("cifar10-jpeg", root, [folder / "train", folder / "test"],
                        "Expected ImageFolder layout cifar10-jpeg/{train,test}/<class>/NNNN.jpg.")
+    for split in ("train", "test"):
+        present = {p.name for p in (folder / split).iterdir() if p.is_dir()}
+        absent = [name for name in CIFAR10_CLASSES if name not in present]
+        extra = sorted(present - set(CIFAR10_CLASSES))
+        if absent or extra:
+            raise DataError(f"cifar10-jpeg: {folder / split} must hold one folder per CIFAR-10 class "
+                            f"{list(CIFAR10_CLASSES)}; missing: {[str(folder / split / a) for a in absent]}"
+                            f"{f', unexpected: {extra}' if extra else ''}. Copy the data set again.")
     splits = {s: _image_folder_files(folder / s) for s in ("train", "test")}
     # The cache key is the file list itself (relative names and sizes), so a changed folder
     # is decoded again instead of silently reusing stale pixels.
@@ -314,40 +397,76 @@ def _cifar10_jpeg(root: Path, download: bool) -> _Raw:
             arrays[f"{s}_x"] = _decode(files)
             arrays[f"{s}_y"] = np.asarray(labels, np.int64)
         atomic_write_bytes(cache, lambda fh: np.savez(fh, **arrays))
-    with np.load(cache) as z:
-        return _Raw(z["train_x"], z["train_y"], z["test_x"], z["test_y"], splits["train"][2])
+    try:
+        with np.load(cache) as z:
+            return _Raw(z["train_x"], z["train_y"], z["test_x"], z["test_y"], splits["train"][2])
+    except Exception as error:  # a truncated or foreign npz: zipfile, pickle and value errors
+        raise CorruptFileError(f"decoded-image cache {cache} cannot be read ({type(error).__name__}: {error}); "
+                               "delete it: it is decoded again from the JPEG files") from None
 
 
-def _read_idx(path: Path) -> np.ndarray:
+IDX_MAGIC = {1: 2049, 3: 2051}  # labels (1-d) and images (3-d), unsigned bytes
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file (optionally .gz), checked: magic number, declared shape against the bytes present."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
-    _, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError; a cut-off .gz raises EOFError
+        raise DataError(f"{path} cannot be read ({type(error).__name__}: {error}); the file is truncated or not "
+                        "what its name says: copy or download it again") from None
+    if len(data) < 4 or struct.unpack(">I", data[:4])[0] != IDX_MAGIC[ndim]:
+        found = struct.unpack(">I", data[:4])[0] if len(data) >= 4 else None
+        raise DataError(f"{path} is not an IDX file of {'labels' if ndim == 1 else 'images'} (magic number "
+                        f"{found}, expected {IDX_MAGIC[ndim]}); copy or download it again")
     shape = struct.unpack(">" + "I" * ndim, data[4: 4 + 4 * ndim])
+    expected = 4 + 4 * ndim + int(np.prod(shape))
+    if len(data) != expected:
+        raise DataError(f"{path} declares shape {shape} ({expected} bytes) but holds {len(data)} bytes; the file is "
+                        "truncated or damaged: copy or download it again")
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _mnist(root: Path, download: bool) -> _Raw:
+MNIST_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def mnist_files(root: str | os.PathLike | None = None, download: bool = False) -> list[Path]:
+    """Paths of the four MNIST IDX files (training and test), or :class:`DataNotFoundError` naming the absent ones."""
+    root = Path(root).expanduser().resolve() if root is not None else data_root()
     folder = root / "mnist"
+
     def find(stem: str) -> Path | None:
         for base in (folder, folder / "MNIST" / "raw"):
             for suffix in ("", ".gz"):
                 if (base / (stem + suffix)).exists():
                     return base / (stem + suffix)
         return None
-    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    paths = [find(s) for s in stems]
+    paths = [find(s) for s in MNIST_STEMS]
     if any(p is None for p in paths) and download:
         from torchvision import datasets
-        datasets.MNIST(str(folder), train=True, download=True)
-        datasets.MNIST(str(folder), train=False, download=True)
-        paths = [find(s) for s in stems]
+
+        _download_guard("mnist", folder, lambda: (datasets.MNIST(str(folder), train=True, download=True),
+                                                  datasets.MNIST(str(folder), train=False, download=True)))
+        paths = [find(s) for s in MNIST_STEMS]
     if any(p is None for p in paths):
-        absent = [folder / (s + ".gz") for s, p in zip(stems, paths) if p is None]
+        absent = [folder / (s + ".gz") for s, p in zip(MNIST_STEMS, paths) if p is None]
         raise _missing("mnist", root, absent,
                        "MNIST needs its training and test IDX files (train-*-ubyte and t10k-*-ubyte, "
                        "optionally .gz) in <data root>/mnist/; download=True or LTLIB_DOWNLOAD=1 fetches them.")
-    tx, ty, vx, vy = (_read_idx(p) for p in paths)
+    return paths
+
+
+def _mnist(source: str, root: Path, download: bool) -> _Raw:
+    paths = mnist_files(root, download)
+    tx, ty, vx, vy = (_read_idx(p, 3 if "images" in p.name else 1) for p in paths)
+    for images, labels, (image_path, label_path) in ((tx, ty, paths[:2]), (vx, vy, paths[2:])):
+        if len(images) != len(labels):
+            raise DataError(f"MNIST: {image_path} holds {len(images)} images but {label_path} {len(labels)} labels; "
+                            "one of the files belongs to another split or is damaged")
+        if len(labels) and labels.max() > 9:
+            raise DataError(f"MNIST: {label_path} holds label {int(labels.max())}; MNIST labels are 0-9")
     return _Raw(tx[:, None].copy(), ty.astype(np.int64), vx[:, None].copy(), vy.astype(np.int64),
                 [str(c) for c in range(10)])
 
@@ -357,7 +476,7 @@ _LOADERS = {"digits": _digits, "cifar10": _cifar_pickles, "cifar100": _cifar_pic
 
 
 def load_long_tailed(source: str, imbalance: float = 100, protocol: str = "ldam", *,
-                     profile: str = "exp", val_per_class: int | None = None,
+                     shape: str = "exp", val_per_class: int | None = None,
                      root: str | os.PathLike | None = None, download: bool | None = None) -> LongTailedData:
     """Load ``source`` and build its long-tailed training set, validation and test splits.
 
@@ -373,13 +492,11 @@ def load_long_tailed(source: str, imbalance: float = 100, protocol: str = "ldam"
     root = Path(root).expanduser().resolve() if root is not None else data_root()
     if download is None:
         download = os.environ.get("LTLIB_DOWNLOAD") == "1"
-    loader = _LOADERS[source]
-    raw = loader(source, root, download) if loader is _cifar_pickles else loader(root, download)
+    raw = _LOADERS[source](source, root, download)
     info = _SOURCE_INFO[source]
     num_classes = len(raw.class_names)
-    if val_per_class is None and source == "digits":
-        val_per_class = 10  # digits has ~140 training images per class: keep the tail trainable
-    train_idx, val_idx = select_long_tailed(raw.train_y, num_classes, imbalance, protocol, profile, val_per_class)
+    val_per_class = resolve_val_per_class(source, val_per_class)
+    train_idx, val_idx = select_long_tailed(raw.train_y, num_classes, imbalance, protocol, shape, val_per_class)
     train = ImageSplit(torch.from_numpy(raw.train_x[train_idx]), torch.from_numpy(raw.train_y[train_idx]))
     val = ImageSplit(torch.from_numpy(raw.train_x[val_idx]), torch.from_numpy(raw.train_y[val_idx]))
     test = ImageSplit(torch.from_numpy(np.ascontiguousarray(raw.test_x)), torch.from_numpy(raw.test_y))
@@ -389,9 +506,8 @@ def load_long_tailed(source: str, imbalance: float = 100, protocol: str = "ldam"
         pixels = train.images.double() / 255.0
         mean = tuple(pixels.mean(dim=(0, 2, 3)).tolist())
         std = tuple(pixels.std(dim=(0, 2, 3)).tolist())
-    return LongTailedData(source, protocol, float(imbalance), profile, list(raw.class_names), train, val, test,
-                          tuple(mean), tuple(std), info["flip"], info["crop_padding"], train_idx, val_idx,
-                          meta={"root": str(root)})
+    return LongTailedData(source, protocol, float(imbalance), shape, list(raw.class_names), train, val, test,
+                          tuple(mean), tuple(std), info["flip"], info["crop_padding"], train_idx, val_idx)
 
 
 # --------------------------------------------------------------------------------------------
@@ -530,27 +646,3 @@ class DeviceBatches:
     def sequential(self, batch_size: int = 1000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(self), batch_size):
             yield (self._normalise(self.images[start: start + batch_size]), self.labels[start: start + batch_size])
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic file writes (shared by caches, results and figures)
-# --------------------------------------------------------------------------------------------
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(file_handle)`` on a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

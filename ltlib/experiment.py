@@ -1,16 +1,21 @@
-"""Run one configured training run, or reuse its cached result.
+"""A training run as data: its specification, its identity (the run key) and its store entry.
 
-A :class:`RunSpec` is everything that determines a run (data, model, method, schedule, seed).
-Its hash keys a folder ``<cache>/runs/<key>/`` holding the per-epoch checkpoint (a killed run
-resumes from it) and ``result.json`` (history, confusions, records). A notebook asks for runs;
-those already done are read back, the rest are trained.
+A :class:`RunSpec` is everything that determines a run's numbers: the data (:class:`DataSpec`), the model,
+the method and its options (:class:`ltlib.methods.MethodRef`), the schedule (:class:`ltlib.train.TrainConfig`),
+the seed, the device type and, on CPU, the number of threads (a reduction split over two threads adds in
+another order than over one). Its :meth:`RunSpec.key` hashes exactly that, plus :data:`TRAIN_VERSION`, which
+is bumped whenever a change to ltlib changes what a run computes. Evaluation-only settings (many / medium
+/ few thresholds, names in tables) are not part of it: they are applied when records are made.
+
+:func:`run` returns the run's :class:`Run`, read from the store (``runs/<profile>/<key>.json``) when it is
+there, trained and stored otherwise; a per-epoch checkpoint in the cache lets a killed run resume.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -18,102 +23,258 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import LongTailedData, load_long_tailed
-from .methods import build_method
-from .metrics import ShotThresholds, summarize
+from .data import LongTailedData, load_long_tailed, resolve_val_per_class
+from .io import sha256_hex
+from .methods import MethodRef
+from .metrics import ShotThresholds, shot_thresholds, summarize
 from .models import build_model
 from .paths import cache_dir
-from .records import provenance, write_json
+from .provenance import provenance
+from .runtime import cpu_threads, device_type, resolve_device
+from .store import RunStore
 from .train import TrainConfig, fit
 
-CACHE_VERSION = 1  # bump when a change to ltlib changes what a cached run would produce
+# Bump when a change to ltlib changes what a run with the same specification computes (training loop,
+# losses, methods, data selection, augmentation). Version 2: bf16 autocast on CPU, test split evaluated
+# only at reported epochs, final evaluation from the kept weights.
+TRAIN_VERSION = 2
 
 
 @dataclass(frozen=True)
 class DataSpec:
     source: str = "digits"
-    imbalance: float = 10
+    imbalance: float = 10.0
     protocol: str = "ldam"
-    profile: str = "exp"
-    val_per_class: int | None = None
+    shape: str = "exp"                 # long-tail shape: "exp" or "step"
+    val_per_class: int | None = None   # None: the data set's default (25; digits 10)
+
+    def identity(self) -> dict:
+        return {"source": self.source, "imbalance": float(self.imbalance), "protocol": self.protocol,
+                "shape": self.shape, "val_per_class": resolve_val_per_class(self.source, self.val_per_class)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSpec:
-    method: str
     data: DataSpec
     model: str
+    method: MethodRef
     train: TrainConfig
     seed: int = 0
-    method_kwargs: dict = field(default_factory=dict)
-    thresholds: ShotThresholds = ShotThresholds()
-    label: str | None = None  # name in tables; defaults to the method
+    device: str = "cpu"
+    cpu_threads: int = 1
 
-    @property
-    def name(self) -> str:
-        return self.label or self.method
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def identity(self) -> dict:
+        device = device_type(self.device)
+        identity = {"v": TRAIN_VERSION, "data": self.data.identity(), "model": self.model,
+                    "method": {"name": self.method.name, "options": self.method.kwargs},
+                    "train": self.train.identity(), "seed": int(self.seed), "device": device}
+        if device == "cpu":
+            identity["cpu_threads"] = int(self.cpu_threads)
+        return identity
 
     def key(self) -> str:
-        payload = {"v": CACHE_VERSION, **self.as_dict()}
-        payload.pop("label")
-        payload["train"].pop("device")  # where it ran does not change what is asked for
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return sha256_hex(json.dumps(self.identity(), sort_keys=True, default=str))[:16]
+
+    def describe(self) -> dict:
+        """The full specification (defaults included), for the store entry and records."""
+        return {"data": dataclasses.asdict(self.data), "model": self.model, "method": str(self.method),
+                "train": dataclasses.asdict(self.train), "seed": self.seed, "device": self.device,
+                "cpu_threads": self.cpu_threads}
 
 
 @dataclass
-class RunResult:
+class Run:
+    """A finished run as its store entry holds it."""
+
     spec: RunSpec
-    history: list[dict]
-    records: list[dict]
-    confusion_last: np.ndarray
-    confusion_best: np.ndarray
-    train_counts: list[int]
-    wall_s: float
-    cached: bool
-    folder: Path
+    entry: dict
+    trained_now: bool = False
 
-    def record(self, selected_on: str = "val") -> dict:
-        return next(r for r in self.records if r["selected_on"] == selected_on)
+    @property
+    def key(self) -> str:
+        return self.entry["key"]
+
+    @property
+    def result(self) -> dict:
+        return self.entry["result"]
+
+    @property
+    def history(self) -> list[dict]:
+        return self.result["history"]
+
+    @property
+    def train_counts(self) -> list[int]:
+        return self.result["train_counts"]
+
+    @property
+    def wall_s(self) -> float:
+        return self.entry["provenance"]["wall_s"]
+
+    def confusion(self, selected_on: str = "val") -> np.ndarray:
+        return np.asarray(self.result["confusion"][selected_on])
+
+    def records(self, thresholds: ShotThresholds | None = None, *, name: str | None = None) -> list[dict]:
+        thresholds = thresholds or shot_thresholds(self.spec.data.source)
+        return make_records(self.entry, name or str(self.spec.method), thresholds)
+
+    def record(self, selected_on: str = "val", thresholds: ShotThresholds | None = None) -> dict:
+        return next(r for r in self.records(thresholds) if r["selected_on"] == selected_on)
 
 
-@lru_cache(maxsize=8)
+def make_records(entry: dict, name: str, thresholds: ShotThresholds) -> list[dict]:
+    """One flat record per model selection (``val``, ``last``, and ``test`` where a stage keeps it)."""
+    result, spec = entry["result"], entry["spec"]
+    data = spec.get("data") or spec["parent"]["data"]
+    common = {"method": name, "dataset": data["source"], "protocol": data["protocol"],
+              "imbalance": float(data["imbalance"]), "seed": entry["seed"], "run_key": entry["key"],
+              "kind": entry["kind"], "epochs": entry["epochs"], "wall_s": entry["provenance"]["wall_s"],
+              "git_commit": entry["provenance"]["git_commit"], "device": entry["provenance"]["device"],
+              "many_above": thresholds.many_above, "few_below": thresholds.few_below}
+    records = []
+    for selected_on, confusion in result["confusion"].items():
+        records.append({**common, "selected_on": selected_on, "epoch_selected": result["selected"].get(selected_on),
+                        **summarize(np.asarray(confusion), result["train_counts"], thresholds)})
+    return records
+
+
+@lru_cache(maxsize=4)
 def cached_data(spec: DataSpec) -> LongTailedData:
-    return load_long_tailed(spec.source, spec.imbalance, spec.protocol, profile=spec.profile,
+    return load_long_tailed(spec.source, spec.imbalance, spec.protocol, shape=spec.shape,
                             val_per_class=spec.val_per_class)
 
 
-def run(spec: RunSpec, *, profile: str, use_cache: bool = True, progress: bool = True) -> RunResult:
-    """Train ``spec`` (or load its cached result) and return history and records."""
-    folder = cache_dir() / "runs" / spec.key()
-    result_file = folder / "result.json"
-    if use_cache and result_file.exists():
-        stored = json.loads(result_file.read_text())
-        return RunResult(spec, stored["history"], stored["records"], np.asarray(stored["confusion_last"]),
-                         np.asarray(stored["confusion_best"]), stored["train_counts"], stored["wall_s"], True, folder)
+def checkpoint_path(key: str) -> Path:
+    return cache_dir() / "runs" / key / "checkpoint.pt"
 
+
+def _round(values, digits: int = 4):
+    return [None if v is None else round(float(v), digits) for v in values]
+
+
+def _compact_history(history: list[dict]) -> list[dict]:
+    """Per-epoch history with rounded numbers (a store entry stays small)."""
+    out = []
+    for h in history:
+        row = {"epoch": h["epoch"], "lr": float(f"{h['lr']:.6g}"), "train_loss": round(h["train_loss"], 5),
+               "train_acc": round(h["train_acc"], 3), "val_balanced": round(h["val_balanced"], 3),
+               "val_per_class": _round(h["val_per_class"], 2), "class_weight": _round(h["class_weight"], 5)}
+        if "test_top1" in h:
+            row.update(test_top1=round(h["test_top1"], 3), test_balanced=round(h["test_balanced"], 3),
+                       test_per_class=_round(h["test_per_class"], 2))
+        out.append(row)
+    return out
+
+
+def train_entry(spec: RunSpec, *, progress: bool = True) -> dict:
+    """Train ``spec`` (resuming from its checkpoint if one exists) and return its store entry."""
     data = cached_data(spec.data)
-    torch.manual_seed(spec.seed)
-    method = build_method(spec.method, data.train_counts, drw_epoch=spec.train.drw_epoch,
-                          drw_beta=spec.train.drw_beta, **spec.method_kwargs)
-    model = build_model(spec.model, data.num_classes, in_channels=data.train.images.shape[1], head=method.head)
-    started = time.perf_counter()
-    result = fit(model, method, data, spec.train, seed=spec.seed, checkpoint=folder / "checkpoint.pt",
-                 progress=progress)
-    wall = result.wall_s if result.resumed_from is not None else time.perf_counter() - started
-    common = {"method": spec.name, "dataset": spec.data.source, "protocol": spec.data.protocol,
-              "imbalance": spec.data.imbalance, "seed": spec.seed, "epochs": spec.train.epochs,
-              "profile": profile, "params": spec.as_dict(), "wall_s": round(wall, 2), "run_key": spec.key(),
-              **provenance(spec.train.device)}
-    records = []
-    for selected_on, epoch, confusion in (("last", result.history[-1]["epoch"], result.confusion_last),
-                                          ("val", result.best_epoch, result.confusion_best)):
-        records.append({**common, "selected_on": selected_on, "epoch_selected": epoch,
-                        **summarize(confusion, data.train_counts, spec.thresholds)})
-    write_json(result_file, {"history": result.history, "records": records, "train_counts": data.train_counts,
-                             "confusion_last": result.confusion_last.tolist(),
-                             "confusion_best": result.confusion_best.tolist(), "wall_s": wall})
-    return RunResult(spec, result.history, records, result.confusion_last, result.confusion_best,
-                     data.train_counts, wall, False, folder)
+    key = spec.key()
+    with cpu_threads(spec.cpu_threads if resolve_device(spec.device).type == "cpu" else None):
+        torch.manual_seed(spec.seed)
+        method = spec.method.build(data.train_counts)
+        model = build_model(spec.model, data.num_classes, in_channels=data.train.images.shape[1], head=method.head)
+        started = time.perf_counter()
+        result = fit(model, method, data, spec.train, device=spec.device, seed=spec.seed,
+                     checkpoint=checkpoint_path(key), progress=progress)
+        wall = result.wall_s if result.resumed_from is not None else time.perf_counter() - started
+        prov = provenance(spec.device)
+    method_log = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in e.items()
+                   if k in ("epoch", "driver_loss", "meta_cross_entropy")} for e in result.method_log]
+    return {"key": key, "kind": "train", "identity": spec.identity(), "spec": spec.describe(),
+            "seed": spec.seed, "epochs": spec.train.epochs,
+            "result": {"history": _compact_history(result.history), "train_counts": data.train_counts,
+                       "class_names": data.class_names, "val_size": len(data.val), "test_size": len(data.test),
+                       "selected": {"val": result.best_epoch, "last": result.history[-1]["epoch"]},
+                       "confusion": {"val": result.confusion_best.tolist(), "last": result.confusion_last.tolist()},
+                       "method_log": method_log},
+            "provenance": {**prov, "wall_s": round(wall, 1), "resumed": result.resumed_from is not None}}
+
+
+def run(spec: RunSpec, store: RunStore, *, progress: bool = True, train: bool = True) -> Run:
+    """The run of ``spec``: from ``store`` if it holds it, else trained now (``train=False``: raise instead)."""
+    key = spec.key()
+    entry = store.get(key)
+    if entry is not None:
+        return Run(spec, entry)
+    if not train:
+        raise LookupError(f"run {key} ({spec.method}, seed {spec.seed}) is not in {store.folder}; train it with "
+                          f"`python -m ltlib sweep params/{store.profile}/*.yaml`")
+    with store.run_lock(key):
+        entry = store.get(key)  # another process may have finished it while this one waited
+        if entry is not None:
+            return Run(spec, entry)
+        entry = train_entry(spec, progress=progress)
+        store.put(entry)
+    return Run(spec, store.get(key), trained_now=True)
+
+
+def load_trained_model(spec: RunSpec, store: RunStore, device: str = "cpu", *, progress: bool = False):
+    """The run's final model (eval mode), from its cached checkpoint; retrained when the cache lacks it.
+
+    A retrained run must reproduce its store entry (same numbers): on CPU with the same thread count it
+    does bit for bit; a difference is reported, since a stage computed on the new weights would not
+    describe the stored run.
+    """
+    from .train import load_checkpoint
+
+    key = spec.key()
+    path = checkpoint_path(key)
+    state = load_checkpoint(path, torch.device(device))
+    if state is None or state.get("epoch") != spec.train.epochs - 1:
+        stored = store.get(key)
+        fresh = train_entry(spec, progress=progress)
+        if stored is not None and stored["result"]["confusion"] != fresh["result"]["confusion"]:
+            warnings.warn(f"run {key} retrained to recover its weights gives other test confusions than its store "
+                          "entry (another device, thread count or library version?); stages use the new weights",
+                          RuntimeWarning, stacklevel=2)
+        if stored is None:
+            store.put(fresh)
+        state = load_checkpoint(path, torch.device(device))
+    data = cached_data(spec.data)
+    model = build_model(spec.model, data.num_classes, in_channels=data.train.images.shape[1], head=spec.method.head)
+    model.load_state_dict(state["trainer"]["model"])
+    return model.to(device).eval()
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A post-hoc computation on a finished run: its kind, its options (JSON values), its seed and its parent."""
+
+    kind: str
+    options: tuple = field(default=())
+    parent: RunSpec | None = None
+    seed: int = 0
+    device: str = "cpu"
+
+    @classmethod
+    def make(cls, kind: str, options: dict, parent: RunSpec, seed: int = 0, device: str = "cpu") -> "StageSpec":
+        return cls(kind, tuple(sorted(options.items())), parent, int(seed), device)
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.options)
+
+    def identity(self) -> dict:
+        from .stages import STAGES
+
+        if self.kind not in STAGES:
+            raise ValueError(f"unknown stage {self.kind!r}; choose one of {sorted(STAGES)}")
+        return {"v": STAGES[self.kind].version, "kind": self.kind, "options": _jsonable(self.kwargs),
+                "parent": self.parent.key(), "seed": self.seed, "device": device_type(self.device)}
+
+    def key(self) -> str:
+        return sha256_hex(json.dumps(self.identity(), sort_keys=True, default=str))[:16]
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "options": _jsonable(self.kwargs), "seed": self.seed, "device": self.device,
+                "parent_key": self.parent.key(), "parent": self.parent.describe()}
+
+
+def _jsonable(value):
+    if dataclasses.is_dataclass(value):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,10 +1,10 @@
 """Features of a trained backbone: extracted once, cached beside the run, read back by later stages.
 
 Two-stage methods (Difficulty-Net's stage 2, cRT / LWS) and DLSA work on the penultimate features of a
-trained model (``model.features``, in eval mode, frozen). :func:`run_features` takes a finished run,
-loads its final weights from the run's checkpoint, and returns the training, validation and test
-features with labels; the result is cached as ``features-<views>v-<seed>.pt`` in the run's folder (seed 0
-whenever ``views`` is 1: the clean images involve no random draw).
+trained model (``model.features``, in eval mode, frozen). :func:`feature_set` returns the training,
+validation and test features of a model with their labels; :mod:`ltlib.stages` caches them beside the
+run's checkpoint (``features-<views>v-<seed>.pt``; seed 0 whenever ``views`` is 1: the clean images
+involve no random draw).
 
 ``views`` > 1 adds augmented copies of the training set (the data set's own random crop and flip, drawn
 from a generator seeded with ``seed``): view 0 is the clean image, views 1.. are augmented. Stage-2
@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import DeviceBatches, atomic_write_bytes
+from .data import DeviceBatches
+from .io import atomic_write_bytes
 
 FEATURE_FILE_KEYS = ("features", "labels")
 
@@ -76,37 +77,15 @@ def extract_features(model: nn.Module, batches: DeviceBatches, *, augment_genera
     return features, batches.labels.clone()
 
 
-def load_trained_model(result, device: str | torch.device = "cpu") -> nn.Module:
-    """The model of a finished run (``ltlib.experiment.RunResult``), with its final weights."""
-    from .experiment import cached_data
-    from .methods import METHODS
-    from .models import build_model
+def feature_set(model: nn.Module, data, *, views: int = 1, seed: int = 0,
+                device: str | torch.device = "cpu") -> FeatureSet:
+    """Train / val / test features of ``model`` on ``data`` (a :class:`ltlib.data.LongTailedData`).
 
-    checkpoint = Path(result.folder) / "checkpoint.pt"
-    if not checkpoint.exists():
-        raise FileNotFoundError(f"run {result.spec.key()} has no checkpoint at {checkpoint}; "
-                                "re-run it (delete its result.json) to get a model to extract features from")
-    data = cached_data(result.spec.data)
-    model = build_model(result.spec.model, data.num_classes, in_channels=data.train.images.shape[1],
-                        head=METHODS[result.spec.method].head)
-    state = torch.load(checkpoint, map_location=device, weights_only=False)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
-
-
-def run_features(result, *, views: int = 1, seed: int = 0, device: str | torch.device = "cpu",
-                 use_cache: bool = True) -> FeatureSet:
-    """Train / val / test features of a finished run's model (cached in the run's folder)."""
-    from .experiment import cached_data
-
+    View 0 of the training split is the clean images; views 1.. are augmented with the data set's own crop
+    and flip, drawn from a generator seeded with ``seed``.
+    """
     if isinstance(views, bool) or not isinstance(views, int) or views < 1:
         raise ValueError(f"views must be an int >= 1, got {views!r}")
-    seed = seed if views > 1 else 0  # one view is the clean images: no random draw, one cache file
-    path = Path(result.folder) / f"features-{views}v-{seed}.pt"
-    if use_cache and path.exists():
-        return FeatureSet(**torch.load(path, map_location=device, weights_only=False))
-    data = cached_data(result.spec.data)
-    model = load_trained_model(result, device)
     split = {name: DeviceBatches(getattr(data, name), data.mean, data.std, device, data.crop_padding, data.flip)
              for name in ("train", "val", "test")}
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -115,10 +94,23 @@ def run_features(result, *, views: int = 1, seed: int = 0, device: str | torch.d
     fields = {"train": torch.cat([f for f, _ in train_views]), "train_labels": torch.cat([y for _, y in train_views])}
     for name in ("val", "test"):
         fields[name], fields[f"{name}_labels"] = extract_features(model, split[name])
-    features = FeatureSet(**{k: v.cpu() for k, v in fields.items()}, train_counts=list(data.train_counts),
-                          views=views)
-    atomic_write_bytes(path, lambda fh: torch.save(vars(features), fh))
-    return features.to(device)
+    return FeatureSet(**{k: v.cpu() for k, v in fields.items()}, train_counts=list(data.train_counts), views=views)
+
+
+def save_feature_set(path: str | os.PathLike, features: FeatureSet) -> None:
+    atomic_write_bytes(Path(path), lambda fh: torch.save(vars(features), fh))
+
+
+def load_feature_set(path: str | os.PathLike, device: str | torch.device = "cpu") -> FeatureSet | None:
+    """A cached :class:`FeatureSet`, or None when absent or unreadable (it is re-created from the model)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return FeatureSet(**torch.load(path, map_location=device, weights_only=False))
+    except Exception:  # a truncated cache file: features are derived data, extract them again
+        path.unlink(missing_ok=True)
+        return None
 
 
 def read_feature_file(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,16 +143,14 @@ def read_feature_file(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tens
 
 
 @torch.no_grad()
-def split_logits(result, split: str = "train", device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) of a finished run's model on one split (clean images, eval mode)."""
-    from .experiment import cached_data
-
-    data = cached_data(result.spec.data)
+def split_logits(model: nn.Module, data, split: str = "train", device: str | torch.device = "cpu",
+                 batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of ``model`` on one split of ``data`` (clean images, eval mode)."""
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-    model = load_trained_model(result, device)
+    model.eval()
     batches = DeviceBatches(getattr(data, split), data.mean, data.std, device)
-    logits = [model(images) for images, _ in batches.sequential(1000)]
+    logits = [model(images) for images, _ in batches.sequential(batch_size)]
     return (torch.cat(logits) if logits else torch.zeros(0, data.num_classes)), batches.labels.clone()
 
 

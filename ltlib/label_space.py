@@ -63,6 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .runtime import cpu_threads
+
 LOG_2PI = math.log(2 * math.pi)
 SELECTIONS = ("val", "last", "test")
 
@@ -159,7 +161,8 @@ class FlowGMM(nn.Module):
                  n_hidden: int = 1, batch_norm: bool = True, generator: torch.Generator | None = None):
         super().__init__()
         self.flow = MAF(dim, n_blocks, dim, n_hidden, batch_norm)
-        self.register_buffer("means", torch.randn(num_clusters, dim, generator=generator) * center_std)
+        device = generator.device if generator is not None else None
+        self.register_buffer("means", torch.randn(num_clusters, dim, generator=generator, device=device) * center_std)
 
     @property
     def num_clusters(self) -> int:
@@ -196,6 +199,21 @@ class FlowConfig:
     min_cluster_size: int = 10
     max_cluster_size: int = 5000
 
+    def __post_init__(self):
+        for name in ("num_clusters", "n_blocks", "epochs", "batch_size", "min_cluster_size", "max_cluster_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"FlowConfig.{name} must be an int >= 1, got {value!r}")
+        for name in ("center_std", "lr", "weight_q", "lambda_lh", "lambda_purity", "lambda_balance",
+                     "posterior_momentum", "min_purity"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"FlowConfig.{name} must be a finite number >= 0, got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"FlowConfig.lr must be > 0, got {self.lr}")
+        if not 0 <= self.posterior_momentum < 1:
+            raise ValueError(f"FlowConfig.posterior_momentum must lie in [0, 1), got {self.posterior_momentum}")
+
 
 def class_pair_weights(train_counts, q: float) -> torch.Tensor:
     """w_c = (n_max / n_c)^q / Σ_j (n_max / n_j)^q over the classes present (absent classes: 0)."""
@@ -213,11 +231,12 @@ def draw_pairs(labels: torch.Tensor, count: int, generator: torch.Generator) -> 
     members = torch.argsort(labels, stable=True)
     counts = torch.stack([(labels == c).sum() for c in classes])
     starts = torch.cumsum(counts, 0) - counts
-    first = torch.randint(0, classes.numel(), (count,), generator=generator)
-    second = (first + torch.randint(1, classes.numel(), (count,), generator=generator)) % classes.numel()
+    device = labels.device
+    first = torch.randint(0, classes.numel(), (count,), generator=generator, device=device)
+    second = (first + torch.randint(1, classes.numel(), (count,), generator=generator, device=device)) % classes.numel()
 
     def member(which):
-        return members[starts[which] + (torch.rand(count, generator=generator) * counts[which]).long()]
+        return members[starts[which] + (torch.rand(count, generator=generator, device=device) * counts[which]).long()]
 
     return member(first), member(second)
 
@@ -247,15 +266,17 @@ def flow_outputs(flow: FlowGMM, features: torch.Tensor, batch_size: int = 4096):
 def train_flow(features: torch.Tensor, labels: torch.Tensor, num_classes: int, config: FlowConfig,
                generator: torch.Generator) -> tuple[FlowGMM, list[dict]]:
     """Train a flow filter on ``features`` (see module docstring); returns it at the kept epoch and a log."""
-    flow = FlowGMM(features.shape[1], config.num_clusters, config.center_std, config.n_blocks, generator=generator)
+    device = features.device
+    flow = FlowGMM(features.shape[1], config.num_clusters, config.center_std, config.n_blocks,
+                   generator=generator).to(device)
     optimizer = torch.optim.SGD(flow.parameters(), lr=config.lr, momentum=0.0)
-    weights = class_pair_weights(torch.bincount(labels, minlength=num_classes).tolist(), config.weight_q)
-    ema, step = torch.zeros(config.num_clusters), 1
+    weights = class_pair_weights(torch.bincount(labels, minlength=num_classes).tolist(), config.weight_q).to(device)
+    ema, step = torch.zeros(config.num_clusters, device=device), 1
     best = {"remaining": -1, "state": None, "epoch": None}
     log = []
     for epoch in range(config.epochs):
         flow.train()
-        sums = torch.zeros(4)
+        sums = torch.zeros(4, device=device)
         positive, negative = draw_pairs(labels, len(labels), generator)
         for start in range(0, len(labels), config.batch_size):
             pos, neg = positive[start: start + config.batch_size], negative[start: start + config.batch_size]
@@ -321,6 +342,15 @@ class ClassifierConfig:
     eval_every: int = 5
     select_on: str = "val"
 
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ClassifierConfig.{name} must be an int >= 1, got {value!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) \
+                or self.lr <= 0:
+            raise ValueError(f"ClassifierConfig.lr must be a finite number > 0, got {self.lr!r}")
+
 
 def balanced_softmax_log_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.log(torch.bincount(labels, minlength=num_classes).float() + 1e-6)
@@ -331,13 +361,13 @@ def train_classifier(inputs: dict, num_classes: int, log_prior: torch.Tensor, co
     """Train on ``inputs["train"]`` = (x, z, P or None, y) with Balanced Softmax; keep the epoch chosen by
     ``config.select_on`` (accuracy on ``inputs["val"]`` or ``inputs["test"]``, checked every ``eval_every``)."""
     x, z, prior, y = inputs["train"]
-    model = ClusterAidedClassifier(x.shape[1], z.shape[1], num_classes, 0 if prior is None else prior.shape[1])
+    model = ClusterAidedClassifier(x.shape[1], z.shape[1], num_classes, 0 if prior is None else prior.shape[1]).to(x.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.0)
     judge = inputs.get(config.select_on) if config.select_on != "last" else None
     best_score, best_state = -1.0, None
     for epoch in range(1, config.epochs + 1):
         model.train()
-        order = torch.randperm(len(y), generator=generator)
+        order = torch.randperm(len(y), generator=generator, device=y.device)
         for start in range(0, len(y), config.batch_size):
             i = order[start: start + config.batch_size]
             logits = model(x[i], z[i], None if prior is None else prior[i])
@@ -358,7 +388,7 @@ def train_classifier(inputs: dict, num_classes: int, log_prior: torch.Tensor, co
 def predict(model: ClusterAidedClassifier, split: tuple) -> torch.Tensor:
     x, z, prior, _ = split
     if len(x) == 0:
-        return torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long, device=x.device)
     return model(x, z, prior).argmax(1)
 
 
@@ -392,18 +422,18 @@ class DLSAConfig:
         return asdict(self)
 
 
-def fit_dlsa(features, config: DLSAConfig) -> dict:
-    """Run DLSA on a :class:`ltlib.features.FeatureSet` (clean training view). Returns predictions and the
-    stage of every validation and test sample, and per-stage details (threshold, sizes, flow logs)."""
-    from .train import cpu_threads
+def fit_dlsa(features, config: DLSAConfig, device: str | torch.device = "cpu") -> dict:
+    """Run DLSA on a :class:`ltlib.features.FeatureSet` (clean training view) on ``device``. Returns predictions
+    and the stage of every validation and test sample (on the CPU), and per-stage details (threshold, sizes,
+    flow logs, the first flow's log-likelihoods)."""
+    device = torch.device(device)
+    with cpu_threads(config.cpu_threads if device.type == "cpu" else None):
+        return _fit_dlsa(features.to(device), config, device)
 
-    with cpu_threads(config.cpu_threads):
-        return _fit_dlsa(features, config)
 
-
-def _fit_dlsa(features, config: DLSAConfig) -> dict:
+def _fit_dlsa(features, config: DLSAConfig, device: torch.device) -> dict:
     num_classes = features.num_classes
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
     torch.manual_seed(config.seed)
     train_x, train_y = features.clean_train()
     splits = {"train": (train_x.float(), train_y), "val": (features.val.float(), features.val_labels),
@@ -416,7 +446,7 @@ def _fit_dlsa(features, config: DLSAConfig) -> dict:
         mean, std = splits["train"][0].mean(0), splits["train"][0].std(0)
         keep = std > 1e-6 * std.max().clamp_min(1e-12)
         splits = {name: ((x[:, keep] - mean[keep]) / std[keep], y) for name, (x, y) in splits.items()}
-    remaining = {name: torch.ones(len(y), dtype=torch.bool) for name, (_, y) in splits.items()}
+    remaining = {name: torch.ones(len(y), dtype=torch.bool, device=device) for name, (_, y) in splits.items()}
     parts: dict[str, list] = {name: [] for name in splits}  # per split: (mask, predictions) of every stage
     stages = []
     for depth in range(config.depth):
@@ -429,8 +459,9 @@ def _fit_dlsa(features, config: DLSAConfig) -> dict:
         threshold = torch.sort(llh_in).values[int(len(llh_in) * (1 - config.proportion))]
         taken = {name: remaining[name] & (outputs[name][2] >= threshold) for name in splits}
         # cluster prior: class histogram of every training sample assigned to the cluster
-        counts = torch.zeros(config.flow.num_clusters, num_classes)
-        counts.index_put_((outputs["train"][1], splits["train"][1]), torch.ones(len(splits["train"][1])), accumulate=True)
+        counts = torch.zeros(config.flow.num_clusters, num_classes, device=device)
+        counts.index_put_((outputs["train"][1], splits["train"][1]), torch.ones(len(splits["train"][1]), device=device),
+                          accumulate=True)
         prior = counts / counts.sum(1, keepdim=True).clamp_min(1)
         inputs = {name: (x[taken[name]], (outputs[name][0] if config.latent_input else x)[taken[name]],
                          prior[outputs[name][1][taken[name]]], y[taken[name]])
@@ -442,7 +473,7 @@ def _fit_dlsa(features, config: DLSAConfig) -> dict:
             remaining[name] = remaining[name] & ~taken[name]
         stages.append({"stage": depth, "kind": "cluster-aided", "threshold": float(threshold),
                        "sizes": {name: int(taken[name].sum()) for name in splits}, "flow_log": flow_log,
-                       "llh": {name: outputs[name][2].tolist() for name in ("train", "test")}})
+                       "llh": {name: outputs[name][2].cpu() for name in ("train", "test")}})
     last = len(stages)
     # the regular classifier's z: the last flow's latent, as for the stages (the feature itself if no flow ran)
     use_latent = config.latent_input and bool(stages)
@@ -455,9 +486,10 @@ def _fit_dlsa(features, config: DLSAConfig) -> dict:
         for name in splits:
             parts[name].append((remaining[name], predict(classifier, inputs[name])))
     stages.append({"stage": last, "kind": "regular", "sizes": {name: int(remaining[name].sum()) for name in splits}})
-    merged = {name: merge_stage_predictions(parts[name], len(y)) for name, (_, y) in splits.items()}
+    merged = {name: merge_stage_predictions([(m.cpu(), p.cpu()) for m, p in parts[name]], len(y))
+              for name, (_, y) in splits.items()}
     return {"prediction": {name: m[0] for name, m in merged.items()}, "stage": {name: m[1] for name, m in merged.items()},
-            "stages": stages, "labels": {name: y for name, (_, y) in splits.items()}}
+            "stages": stages, "labels": {name: y.cpu() for name, (_, y) in splits.items()}}
 
 
 def merge_stage_predictions(parts: list[tuple[torch.Tensor, torch.Tensor]], count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -506,80 +538,3 @@ def head_tail_separation(log_likelihood, labels, groups: dict[str, list[int]], p
         both = many | few
         out["auc_many_vs_few"] = float(roc_auc_score(many[both].astype(int), llh[both]))
     return out
-
-
-# ------------------------------------------------------------------------------------------------
-# On a finished run
-# ------------------------------------------------------------------------------------------------
-
-def dlsa_name(stage1_name: str, config: DLSAConfig) -> str:
-    if config.depth == 0:
-        return f"{stage1_name} + bsm"  # the regular classifier alone: Balanced Softmax on the features
-    suffix = "" if config.latent_input else ", z=x"
-    return f"{stage1_name} + dlsa{config.depth}{suffix}"
-
-
-def dlsa_report(features, config: DLSAConfig, *, method: str, dataset: str, thresholds, profile: str,
-                extra: dict | None = None) -> dict:
-    """Run DLSA on ``features`` and return ``{"records": [one record], "stages": [...]}`` (nothing cached).
-
-    The record carries the usual metrics (``ltlib.metrics.summarize`` of the merged test predictions), the
-    configuration, provenance and wall time; ``extra`` fields are added to it. Per stage: its threshold,
-    sizes, the classes of the training and test samples it took, its test accuracy and, for the first flow,
-    every training and test log-likelihood with its label (for histograms and the feature evaluation).
-    """
-    import time
-
-    from .metrics import confusion_matrix, summarize
-    from .records import provenance
-
-    started = time.perf_counter()
-    out = fit_dlsa(features, config)
-    wall = time.perf_counter() - started
-    num_classes = features.num_classes
-    confusion = confusion_matrix(out["prediction"]["test"], out["labels"]["test"], num_classes)
-    record = {"method": method, "dataset": dataset, "seed": config.seed, "selected_on": config.classifier.select_on,
-              "profile": profile, **(extra or {}), "params": {**(extra or {}).get("params", {}), "dlsa": config.as_dict()},
-              "wall_s": round(wall, 2), **provenance("cpu"), **summarize(confusion, features.train_counts, thresholds)}
-    stages = []
-    for info in out["stages"]:
-        entry = {k: v for k, v in info.items() if k != "llh"}
-        for name in ("train", "test"):
-            taken = out["stage"][name] == info["stage"]
-            labels = out["labels"][name][taken]
-            entry[f"{name}_classes"] = torch.bincount(labels, minlength=num_classes).tolist()
-            if name == "test":
-                correct = out["prediction"][name][taken] == labels
-                entry["test_accuracy"] = 100.0 * float(correct.float().mean()) if taken.any() else None
-        if "llh" in info and info["stage"] == 0:
-            entry["llh"] = {name: [round(v, 4) for v in values] for name, values in info["llh"].items()}
-            entry["llh_labels"] = {name: out["labels"][name].tolist() for name in ("train", "test")}
-        stages.append(entry)
-    return {"records": [record], "stages": stages}
-
-
-def run_dlsa(result, config: DLSAConfig, *, profile: str, use_cache: bool = True) -> dict:
-    """DLSA on the features of a finished run (``ltlib.experiment.RunResult``), cached in the run's folder.
-
-    Returns :func:`dlsa_report`'s dictionary plus ``cached``; the record is named ``"<run> + dlsa<depth>"``
-    (``"+ bsm"`` for depth 0) and carries the stage-1 run's data fields and key.
-    """
-    import hashlib
-    import json
-    from pathlib import Path
-
-    from .features import run_features
-    from .records import write_json
-
-    payload = json.dumps({"v": 1, **config.as_dict()}, sort_keys=True)
-    path = Path(result.folder) / f"dlsa-{hashlib.sha256(payload.encode()).hexdigest()[:12]}.json"
-    if use_cache and path.exists():
-        return {**json.loads(path.read_text()), "cached": True}
-    spec = result.spec
-    extra = {"protocol": spec.data.protocol, "imbalance": spec.data.imbalance, "stage1_seed": spec.seed,
-             "epochs": spec.train.epochs, "stage1_method": spec.name, "stage1_run_key": spec.key(),
-             "params": spec.as_dict()}
-    stored = dlsa_report(run_features(result), config, method=dlsa_name(spec.name, config), dataset=spec.data.source,
-                         thresholds=spec.thresholds, profile=profile, extra=extra)
-    write_json(path, stored)
-    return {**stored, "cached": False}

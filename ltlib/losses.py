@@ -190,26 +190,62 @@ class LabelAwareSmoothing(WeightedLoss):
         return -(1.0 - epsilon) * log_p.gather(1, targets[:, None]).squeeze(1) - epsilon * log_p.mean(dim=1)
 
 
-LOSSES: dict[str, Callable[..., WeightedLoss]] = {}
+def cb_focal_loss(class_counts, beta: float = 0.9999, gamma: float = 1.0, reduction: str = "mean") -> ClassBalancedLoss:
+    """Class-balanced focal loss (Cui et al.): effective-number weights on the focal loss."""
+    return ClassBalancedLoss(class_counts, beta=beta, base="focal", gamma=gamma, reduction=reduction)
 
 
-def register_loss(name: str, factory: Callable[..., WeightedLoss]) -> None:
-    if name in LOSSES:
-        raise ValueError(f"loss {name!r} is registered already")
-    LOSSES[name] = factory
+def balanced_softmax_loss(class_counts, reduction: str = "mean") -> LogitAdjustedLoss:
+    """Balanced Softmax (Ren et al., NeurIPS 2020) = logit adjustment with τ = 1."""
+    return LogitAdjustedLoss(class_counts, tau=1.0, reduction=reduction)
 
 
-register_loss("ce", CrossEntropy)
-register_loss("focal", FocalLoss)
-register_loss("cb", ClassBalancedLoss)
-register_loss("cb_focal", lambda counts, **kw: ClassBalancedLoss(counts, base="focal", **kw))
-register_loss("ldam", LDAMLoss)
-register_loss("balanced_softmax", lambda counts, **kw: LogitAdjustedLoss(counts, tau=1.0, **kw))
-register_loss("logit_adjust", LogitAdjustedLoss)
-register_loss("las", LabelAwareSmoothing)
+# name -> factory(class_counts, **options); every factory spells its options out, so they can be listed
+LOSSES: dict[str, Callable[..., WeightedLoss]] = {
+    "ce": CrossEntropy,
+    "focal": FocalLoss,
+    "cb": ClassBalancedLoss,
+    "cb_focal": cb_focal_loss,
+    "ldam": LDAMLoss,
+    "balanced_softmax": balanced_softmax_loss,
+    "logit_adjust": LogitAdjustedLoss,
+    "las": LabelAwareSmoothing,
+}
+
+
+def loss_options(name: str) -> dict:
+    """The options loss ``name`` accepts, with their defaults."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
+    return factory_options(LOSSES[name])
+
+
+def factory_options(factory) -> dict:
+    """Keyword options of ``factory(class_counts, ...)`` and their defaults (``REQUIRED`` where none)."""
+    import inspect
+
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    options = {}
+    for name, parameter in list(inspect.signature(target).parameters.items()):
+        if name in ("self", "class_counts") or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+            continue
+        options[name] = REQUIRED if parameter.default is parameter.empty else parameter.default
+    return options
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+REQUIRED = _Required()
 
 
 def build_loss(name: str, class_counts: Sequence[int], **kwargs) -> WeightedLoss:
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
+    accepted = loss_options(name)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"loss {name!r} has no option(s) {unknown}; it accepts {sorted(accepted)}")
     return LOSSES[name](class_counts, **kwargs)

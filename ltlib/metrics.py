@@ -2,8 +2,10 @@
 
 Group accuracies are class-averaged (the mean of the per-class accuracies of the group), as in
 Liu et al. (OLTR) and Kang et al.; the default groups follow the ImageNet-LT convention on the
-*training* counts: many > 100, medium 20–100, few < 20 images. CIFAR-10-LT IF 100 has no class
-under 20 images, so the CIFAR-10 profiles pass their own thresholds (documented in the params files).
+*training* counts: many > 100, medium 20–100, few < 20 images. The thresholds belong to the data set
+(:func:`shot_thresholds`): CIFAR-10-LT IF 100 has no class under 20 images (its tail class has 50), so
+CIFAR-10 uses > 1000 / 200–1000 / < 200 (4 / 3 / 3 classes at IF 100), and the 8×8 digits (at most ~140
+images per class) > 60 / < 20. A group with no class has accuracy NaN, printed "–".
 """
 from __future__ import annotations
 
@@ -24,6 +26,16 @@ class ShotThresholds:
         return {"many": np.flatnonzero(counts > self.many_above).tolist(),
                 "medium": np.flatnonzero((counts <= self.many_above) & (counts >= self.few_below)).tolist(),
                 "few": np.flatnonzero(counts < self.few_below).tolist()}
+
+
+DATASET_THRESHOLDS = {"cifar10": (1000, 200), "cifar10-jpeg": (1000, 200), "digits": (60, 20)}
+
+
+def shot_thresholds(source: str, many_above: int | None = None, few_below: int | None = None) -> ShotThresholds:
+    """The data set's many / few thresholds (ImageNet-LT's 100 / 20 unless it has its own), either overridable."""
+    default_many, default_few = DATASET_THRESHOLDS.get(source, (100, 20))
+    return ShotThresholds(default_many if many_above is None else int(many_above),
+                          default_few if few_below is None else int(few_below))
 
 
 def confusion_matrix(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:

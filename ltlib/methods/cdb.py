@@ -25,6 +25,12 @@ Edge cases, on purpose:
 * all accuracies 0: every difficulty is 1, the weights are uniform, and b = 0 (τ = σ(0) = 0.5);
 * a class absent from the validation split (accuracy NaN) keeps difficulty 1, its initial value:
   with no evidence it is treated as hard rather than dropped.
+
+Difficulty-Net's own CDB-CE baseline (hitachi-rd-cv/Difficulty_Net, ``cifar_train_exaugment.py``) feeds the
+loss a *normalised* difficulty d' = C · d / Σ_j d_j instead of d, and its dynamic τ reads the bias from d':
+b' = (1 − min d') / (1 − max d' + 0.01). The weights of a fixed τ are the same (w is scale-invariant), the
+dynamic τ is not (b' can be negative or huge, since max d' may exceed 1). ``difficulty="normalised"``
+(method ``cdb_ce_normalised``) reproduces that baseline; the default ``"raw"`` is the CDB-loss code.
 """
 from __future__ import annotations
 
@@ -34,9 +40,10 @@ from typing import Sequence
 import numpy as np
 
 from ..losses import build_loss
-from . import Method, MethodSpec, register_method
+from .base import Method
 
 DYNAMIC_TAUS = ("sigmoid", "2sigmoid")
+DIFFICULTY_INPUTS = ("raw", "normalised")
 
 
 def _sigmoid(x: float) -> float:
@@ -58,10 +65,30 @@ def dynamic_tau(val_accuracy: Sequence[float], formula: str = "sigmoid") -> floa
     return _sigmoid(bias) if formula == "sigmoid" else 2.0 * _sigmoid(bias - 1.0)
 
 
-def cdb_weights(val_accuracy: Sequence[float], tau: float | str = "sigmoid", min_difficulty: float = 0.0) -> np.ndarray:
-    """Class weights w_c ∝ d_c^τ, summing to C. ``tau``: a number or a dynamic formula name."""
+def normalised_dynamic_tau(difficulty: Sequence[float], formula: str = "sigmoid") -> float:
+    """τ of Difficulty-Net's CDB-CE baseline: b' = (1 − min d') / (1 − max d' + 0.01) on the given d'."""
+    if formula not in DYNAMIC_TAUS:
+        raise ValueError(f"unknown dynamic tau formula {formula!r}; choose one of {DYNAMIC_TAUS}")
+    difficulty = np.asarray(difficulty, dtype=np.float64)
+    bias = float((1.0 - difficulty.min()) / (1.0 - difficulty.max() + 0.01))
+    return _sigmoid(bias) if formula == "sigmoid" else 2.0 * _sigmoid(bias - 1.0)
+
+
+def cdb_weights(val_accuracy: Sequence[float], tau: float | str = "sigmoid", min_difficulty: float = 0.0,
+                difficulty_input: str = "raw") -> np.ndarray:
+    """Class weights w_c ∝ d_c^τ, summing to C. ``tau``: a number or a dynamic formula name.
+
+    ``difficulty_input="normalised"``: Difficulty-Net's CDB-CE baseline, d' = C·d/Σd (τ from d', see module).
+    """
+    if difficulty_input not in DIFFICULTY_INPUTS:
+        raise ValueError(f"unknown difficulty input {difficulty_input!r}; choose one of {DIFFICULTY_INPUTS}")
     difficulty = np.maximum(class_difficulty(val_accuracy), float(min_difficulty))
-    exponent = dynamic_tau(val_accuracy, tau) if isinstance(tau, str) else float(tau)
+    if difficulty_input == "normalised":
+        total = difficulty.sum()
+        difficulty = difficulty * (len(difficulty) / total) if total > 0 else np.ones_like(difficulty)
+        exponent = normalised_dynamic_tau(difficulty, tau) if isinstance(tau, str) else float(tau)
+    else:
+        exponent = dynamic_tau(val_accuracy, tau) if isinstance(tau, str) else float(tau)
     weights = difficulty ** exponent
     total = weights.sum()
     if not np.isfinite(total) or total <= 0:  # every class perfect: no class is harder than another
@@ -73,29 +100,21 @@ class CDBMethod(Method):
     """A base loss (CE or focal) whose class weights follow the validation difficulty every epoch."""
 
     def __init__(self, class_counts: Sequence[int], base: str = "ce", tau: float | str = "sigmoid",
-                 min_difficulty: float = 0.0, reduction: str = "mean", gamma: float = 1.0):
+                 min_difficulty: float = 0.0, reduction: str = "mean", gamma: float = 1.0,
+                 difficulty: str = "raw"):
         kwargs = {"gamma": gamma} if base == "focal" else {}
         super().__init__(build_loss(base, class_counts, reduction=reduction, **kwargs))
         if isinstance(tau, str) and tau not in DYNAMIC_TAUS:
             raise ValueError(f"tau must be a number or one of {DYNAMIC_TAUS}, got {tau!r}")
         if isinstance(tau, bool) or not isinstance(tau, (int, float, str)):
             raise TypeError(f"tau must be a number or one of {DYNAMIC_TAUS}, got {tau!r}")
-        self.tau, self.min_difficulty = tau, float(min_difficulty)
-        self.last_tau: float | None = None
+        if difficulty not in DIFFICULTY_INPUTS:
+            raise ValueError(f"difficulty must be one of {DIFFICULTY_INPUTS}, got {difficulty!r}")
+        if base not in ("ce", "focal"):
+            raise ValueError(f"CDB base loss must be 'ce' or 'focal', got {base!r}")
+        self.tau, self.min_difficulty, self.difficulty = tau, float(min_difficulty), difficulty
 
     def on_epoch_end(self, epoch: int, val_per_class_accuracy: np.ndarray) -> None:
         if len(val_per_class_accuracy) == 0 or np.all(np.isnan(val_per_class_accuracy)):
             raise ValueError("CDB needs per-class accuracies on a validation split; this data set has none")
-        self.last_tau = dynamic_tau(val_per_class_accuracy, self.tau) if isinstance(self.tau, str) else float(self.tau)
-        self.loss.set_class_weight(cdb_weights(val_per_class_accuracy, self.tau, self.min_difficulty))
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "last_tau": self.last_tau}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.last_tau = state["last_tau"]
-
-
-register_method("cdb_ce", MethodSpec("ce", factory=CDBMethod))
-register_method("cdb_focal", MethodSpec("focal", {"base": "focal"}, factory=CDBMethod))
+        self.loss.set_class_weight(cdb_weights(val_per_class_accuracy, self.tau, self.min_difficulty, self.difficulty))

@@ -50,6 +50,11 @@ the meta forward are therefore dead computation, and ltlib skips them: the only 
 them is the skipped work. The meta batch's indices are still drawn, so the random stream, and with it
 the data order and augmentation, is the same as in ``exact`` mode under the same seed.
 
+With the Balanced-Softmax base (the released ImageNet-LT / Places-LT stage 1, ``bal_softmax: True``) the
+released loss multiplies the (B,) weight vector by its ``BalancedSoftmax`` output of shape (B, 1, 1); the
+product broadcasts to (B, 1, B) and its mean is mean(w)·mean(ℓ), not mean(w·ℓ): every sample gets the
+batch's mean weight. ``as_released`` reproduces that value; ``exact`` computes mean(w·ℓ).
+
 Choices that follow the official CIFAR code
 -------------------------------------------
 * The virtual step is plain SGD on every trainable parameter (no momentum, no weight decay).
@@ -84,7 +89,7 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from ..losses import build_loss
-from . import Method, MethodSpec, register_method
+from .base import Method
 
 MODES = ("exact", "as_released")
 TARGETS = ("relative", "absolute")
@@ -201,7 +206,8 @@ class DifficultyNetMethod(Method):
         self._reset_epoch_sums()
         return self
 
-    def on_epoch_start(self, epoch: int) -> None:
+    def on_epoch_start(self, epoch: int, lr: float | None = None) -> None:
+        super().on_epoch_start(epoch, lr)
         self._meta_order = None  # the official meta loader is re-created every epoch
         self._reset_epoch_sums()
 
@@ -215,7 +221,7 @@ class DifficultyNetMethod(Method):
                 warnings.warn("Difficulty-Net is not attached to a validation split (fit calls attach()): "
                               "the current weights apply, but no meta step is taken", RuntimeWarning, stacklevel=2)
                 self._warned_unattached = True
-            return (self.current_weights()[targets] * losses).mean(), logits
+            return self._weighted_mean(self.current_weights()[targets], losses), logits
         meta_indices = self._next_meta_indices()
         if self.mode == "exact":
             meta_images = self.val._normalise(self.val.images[meta_indices])
@@ -235,7 +241,13 @@ class DifficultyNetMethod(Method):
         if step.meta_cross_entropy is not None:
             self._meta_ce_sum += step.meta_cross_entropy
         self._steps += 1
-        return (weights[targets] * losses).mean(), logits
+        return self._weighted_mean(weights[targets], losses), logits
+
+    def _weighted_mean(self, sample_weights: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        """mean(w·ℓ); as released with Balanced Softmax, mean(w)·mean(ℓ) (module docstring)."""
+        if self.mode == "as_released" and self.base == "balanced_softmax":
+            return sample_weights.mean() * losses.mean()
+        return (sample_weights * losses).mean()
 
     def on_epoch_end(self, epoch: int, val_per_class_accuracy: np.ndarray) -> None:
         accuracy = np.asarray(val_per_class_accuracy, dtype=np.float64)
@@ -265,6 +277,11 @@ class DifficultyNetMethod(Method):
         super().load_state_dict(state)
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
+        # A checkpoint loaded onto CUDA puts Adam's step counters there too; non-capturable Adam reads them
+        # on the host every step (a sync per step), so they go back to the CPU where Adam keeps them.
+        for parameter_state in self.optimizer.state.values():
+            if torch.is_tensor(parameter_state.get("step")) and parameter_state["step"].device.type != "cpu":
+                parameter_state["step"] = parameter_state["step"].cpu()
         parameter = next(self.net.parameters())
         self.val_accuracy = state["val_accuracy"].to(device=parameter.device, dtype=parameter.dtype)
         self._last_difficulty, self._last_driver_loss = state["last_difficulty"], state["last_driver_loss"]
@@ -359,6 +376,3 @@ class DifficultyNetMethod(Method):
         self._meta_ce_sum = torch.zeros((), device=self.val_accuracy.device)
         self._steps = 0
 
-
-register_method("difficulty_net", MethodSpec("ce", factory=DifficultyNetMethod))
-register_method("difficulty_net_as_released", MethodSpec("ce", {"mode": "as_released"}, factory=DifficultyNetMethod))

@@ -50,8 +50,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..losses import WeightedLoss, register_loss
-from . import MethodSpec, register_method
+from ..losses import WeightedLoss
+from .base import Method
 
 
 def adaptive_bins(class_counts: Sequence[int], bins: int = 30, min_bins: int = 2) -> torch.Tensor:
@@ -124,7 +124,9 @@ class GradientHarmonizedLoss(WeightedLoss):
             every_class = torch.ones_like(mass, dtype=torch.bool)  # absent classes add 0: expected mass per batch
             mass = self._ema(self.class_mass, mass, every_class, self.class_momentum)
             seen = mass > 0  # every class of this batch has been seen now
-            balance = torch.where(seen, mass[seen].mean() / mass.clamp_min(1e-30), torch.ones_like(mass))
+            # mean over the seen classes without boolean indexing, which would sync with the host every step
+            seen_mean = (mass * seen).sum() / seen.sum().clamp_min(1)
+            balance = torch.where(seen, seen_mean / mass.clamp_min(1e-30), torch.ones_like(mass))
             weights = weights * balance[targets]
         self.last_weights = weights
         return weights
@@ -137,16 +139,15 @@ class GradientHarmonizedLoss(WeightedLoss):
         return (weights * losses).mean()
 
 
-register_loss("ghm", GradientHarmonizedLoss)
+def ghm_method(class_counts, bins: int = 30, momentum: float = 0.75, reduction: str = "mean") -> Method:
+    """Plain GHM-C: one histogram shared by all classes."""
+    return Method(GradientHarmonizedLoss(class_counts, bins=bins, momentum=momentum, reduction=reduction))
 
 
-def intra_inter_loss(class_counts, intra: bool = True, adaptive: bool | None = None, inter: bool = True,
-                     **options) -> GradientHarmonizedLoss:
+def intra_inter_method(class_counts, intra: bool = True, adaptive: bool | None = None, inter: bool = True,
+                       bins: int = 30, momentum: float = 0.75, min_bins: int = 2, class_momentum: float = 0.99,
+                       reduction: str = "mean") -> Method:
     """All three parts on by default; adaptive precision follows ``intra`` unless set."""
-    return GradientHarmonizedLoss(class_counts, intra=intra, adaptive=intra if adaptive is None else adaptive,
-                                  inter=inter, **options)
-
-
-register_loss("intra_inter", intra_inter_loss)
-register_method("ghm", MethodSpec("ghm"))
-register_method("intra_inter", MethodSpec("intra_inter"))
+    return Method(GradientHarmonizedLoss(class_counts, bins=bins, momentum=momentum, intra=intra,
+                                         adaptive=intra if adaptive is None else adaptive, inter=inter,
+                                         min_bins=min_bins, class_momentum=class_momentum, reduction=reduction))

@@ -14,7 +14,7 @@ Kang et al. ICLR 2020) follows the weighted stage-1 training with a short classi
 ``"scale"`` is the ImageNet/Places code (only s, LWS proper); ``"fc"`` with ``loss="ce"`` is cRT
 (new W, b from scratch, s fixed). Differences from the official code, all written down:
 
-* features are extracted once (``ltlib.features.run_features``); augmentation enters only through
+* features are extracted once (``ltlib.features.feature_set``, cached by :mod:`ltlib.stages`); augmentation enters only through
   extra augmented *views* of the training set (``views``), not AutoAugment + Cutout at every step;
 * the sampler draws a class's images with replacement, where the official one cycles through a
   shuffled list per class; both give each class the same expected share;
@@ -25,25 +25,20 @@ Kang et al. ICLR 2020) follows the weighted stage-1 training with a short classi
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..features import FeatureSet, run_features
-from ..losses import build_loss
-from ..metrics import ShotThresholds, confusion_matrix, per_class_accuracy, summarize
-from ..records import provenance, write_json
+from .features import FeatureSet
+from .losses import build_loss
+from .metrics import confusion_matrix, per_class_accuracy
+from .runtime import cpu_threads
 
 TRAINABLE = ("fc+scale", "scale", "fc")
-STAGE2_VERSION = 1  # bump when a change here changes what a cached stage-2 result would hold
 
 
 @dataclass
@@ -87,11 +82,6 @@ class Stage2Config:
         if self.loss != "las":
             return {}
         return {k: v for k, v in (("smooth_head", self.smooth_head), ("smooth_tail", self.smooth_tail)) if v is not None}
-
-    def key(self) -> str:
-        payload = {"v": STAGE2_VERSION, **dataclasses.asdict(self)}
-        payload.pop("device")
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
 class ScaledLinear(nn.Module):
@@ -137,8 +127,6 @@ def _confusion(classifier: nn.Module, features: torch.Tensor, labels: torch.Tens
 
 def retrain_classifier(features: FeatureSet, linear: nn.Linear, config: Stage2Config) -> dict:
     """Stage-2 training on ``features``; returns the history and the val / last / test-selected confusions."""
-    from ..train import cpu_threads
-
     with cpu_threads(config.cpu_threads if torch.device(config.device).type == "cpu" else None):
         return _retrain_classifier(features, linear, config)
 
@@ -185,45 +173,3 @@ def _retrain_classifier(features: FeatureSet, linear: nn.Linear, config: Stage2C
             "selections": {"last": (config.epochs - 1, test_confusion.cpu().numpy()),
                            "val": (best["val"]["epoch"], best["val"]["confusion"]),
                            "test": (best["test"]["epoch"], best["test"]["confusion"])}}
-
-
-def stage2_name(stage1_name: str, config: Stage2Config) -> str:
-    kind = {"fc+scale": "las_lws", "scale": "lws", "fc": "crt"}[config.trainable]
-    if config.loss != ("ce" if config.trainable == "fc" else "las"):
-        kind += f"_{config.loss}"
-    return f"{stage1_name} + {kind}"
-
-
-def run_stage2(result, config: Stage2Config = Stage2Config(), *, profile: str,
-               thresholds: ShotThresholds | None = None, use_cache: bool = True) -> dict:
-    """Stage 2 on top of a finished stage-1 run (``ltlib.experiment.RunResult``); cached in its folder.
-
-    Returns ``{"records", "history", "wall_s", "cached"}``; records are named ``"<stage-1 name> + las_lws"``
-    (or ``+ lws`` / ``+ crt``) and carry ``stage: 2`` and ``stage1_run_key``.
-    """
-    from ..experiment import cached_data
-    from .. import features as feature_module
-
-    path = Path(result.folder) / f"stage2-{config.key()}.json"
-    if use_cache and path.exists():
-        return {**json.loads(path.read_text()), "cached": True}
-    feature_set = run_features(result, views=config.views, seed=config.seed, device=config.device)
-    model = feature_module.load_trained_model(result, config.device)
-    if not isinstance(model.classifier, nn.Linear):
-        raise ValueError(f"stage 2 re-trains a linear classifier; run {result.spec.name!r} has a "
-                         f"{type(model.classifier).__name__} head")
-    out = retrain_classifier(feature_set, model.classifier, config)
-    spec = result.spec
-    thresholds = thresholds or spec.thresholds
-    train_counts = cached_data(spec.data).train_counts
-    common = {"method": stage2_name(spec.name, config), "dataset": spec.data.source, "protocol": spec.data.protocol,
-              "imbalance": spec.data.imbalance, "seed": spec.seed, "epochs": spec.train.epochs, "stage": 2,
-              "stage1_method": spec.name, "stage1_run_key": spec.key(), "profile": profile,
-              "params": {**spec.as_dict(), "stage2": dataclasses.asdict(config)}, "wall_s": round(out["wall_s"], 2),
-              **provenance(config.device)}
-    records = [{**common, "selected_on": rule, "epoch_selected": int(epoch),
-                **summarize(confusion, train_counts, thresholds)}
-               for rule, (epoch, confusion) in out["selections"].items()]
-    stored = {"records": records, "history": out["history"], "wall_s": out["wall_s"]}
-    write_json(path, stored)
-    return {**stored, "cached": False}

@@ -1,0 +1,83 @@
+"""What made an artefact: git commit, library versions, device and thread count."""
+from __future__ import annotations
+
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+from .paths import ROOT
+
+
+OUTPUTS = ("runs", "results", "figures", "executed")  # what ltlib writes: never makes the code "dirty"
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str:
+    """HEAD commit of the code, with ``-dirty`` when a tracked source file differs from it.
+
+    Outputs (run store, results, figures, executed notebooks) are not code; a notebook counts as changed
+    only when a cell's source differs from HEAD's, not when its outputs do (re-executing it rewrites them).
+    """
+    def git(*args) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        changed = [line[3:].strip() for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    dirty = [path for path in changed if path.split("/", 1)[0] not in OUTPUTS
+             and not (path.endswith(".ipynb") and _same_notebook_sources(path, git))]
+    return commit + ("-dirty" if dirty else "")
+
+
+def _same_notebook_sources(path: str, git) -> bool:
+    import json
+
+    try:
+        head = json.loads(git("show", f"HEAD:{path}"))
+        now = json.loads((ROOT / path).read_text())
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        return False
+    def sources(nb):
+        return [(c["cell_type"], "".join(c["source"])) for c in nb["cells"]]
+    return sources(head) == sources(now)
+
+
+@lru_cache(maxsize=1)
+def versions() -> dict:
+    import numpy
+    import sklearn
+    import torch
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": numpy.__version__, "scikit-learn": sklearn.__version__}
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return cpu
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(torch.device(device))} (cuda)"
+    return f"{cpu_model()} (cpu, {torch.get_num_threads()} threads)"
+
+
+def provenance(device: str) -> dict:
+    import torch
+
+    return {"git_commit": git_commit(), "versions": versions(), "device": device_name(device),
+            "threads": torch.get_num_threads()}

@@ -1,0 +1,105 @@
+"""Executing notebooks: validated parameters, papermill, and an output that is replaced only on success.
+
+``python -m ltlib notebook 01_baselines --profile cpu-real [-p name value ...]`` checks the profile's
+parameter file and the overrides against the notebook's configuration class (unknown names, types, list
+elements, method options) before any kernel starts, then runs papermill into a temporary file beside the
+output and moves it into place when every cell has run. A failed or killed run leaves the previous
+executed notebook as it was; the partial output is kept as ``<name>.failed.ipynb`` for inspection.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from .io import remove_stale_temporaries
+from .notebook import ParameterError, config_class, parse_value, read_params_file
+from .paths import ROOT
+
+KERNEL = "ltlib"
+
+
+def notebook_path(notebook: str) -> Path:
+    path = ROOT / "notebooks" / f"{notebook}.ipynb"
+    if not path.exists():
+        raise ParameterError(f"no notebook {path}")
+    return path
+
+
+def execute(notebook: str, profile: str, overrides: dict | None = None, output: Path | None = None,
+            kernel: str = KERNEL) -> Path:
+    """Run ``notebook`` under ``profile`` into ``output`` (default ``executed/<profile>/<notebook>.ipynb``)."""
+    import papermill
+
+    config_class(notebook).load(profile, overrides)  # fails here, naming the parameter, before a kernel starts
+    params_file = ROOT / "params" / profile / f"{notebook}.yaml"
+    parameters = {**(read_params_file(params_file) if params_file.exists() else {}), **(overrides or {}),
+                  "profile": profile}
+    output = Path(output) if output else ROOT / "executed" / profile / f"{notebook}.ipynb"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output.parent)
+    partial = output.with_name(f".{output.stem}.running.ipynb")
+    failed = output.with_name(f"{output.stem}.failed.ipynb")
+    try:
+        papermill.execute_notebook(str(notebook_path(notebook)), str(partial), parameters=parameters,
+                                   kernel_name=kernel, cwd=str(ROOT / "notebooks"), progress_bar=False,
+                                   request_save_on_cell_execute=True)
+    except BaseException:
+        if partial.exists():
+            os.replace(partial, failed)
+        raise
+    _strip_volatile_metadata(partial)
+    os.replace(partial, output)
+    failed.unlink(missing_ok=True)
+    return output
+
+
+def _strip_volatile_metadata(path: Path) -> None:
+    """Drop papermill's timings and the kernel's paths, so a re-execution from the store gives the same file."""
+    nb = json.loads(path.read_text())
+    papermill_meta = nb.get("metadata", {}).get("papermill", {})
+    for key in ("start_time", "end_time", "duration", "input_path", "output_path", "environment_variables"):
+        papermill_meta.pop(key, None)
+    for cell in nb["cells"]:
+        cell.get("metadata", {}).pop("papermill", None)
+        cell.get("metadata", {}).pop("execution", None)
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def sync_parameters() -> list[Path]:
+    """Rewrite each notebook's ``parameters`` cell from its configuration class; returns the files changed."""
+    from .studies import CONFIGS
+
+    changed = []
+    for cls in CONFIGS:
+        path = ROOT / "notebooks" / f"{cls.NOTEBOOK}.ipynb"
+        if not path.exists():
+            continue
+        nb = json.loads(path.read_text())
+        cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+        source = cls.parameters_cell()
+        if "".join(cell["source"]) != source:
+            cell["source"] = source.splitlines(keepends=True)
+            path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+            changed.append(path)
+    return changed
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ltlib notebook", description=__doc__.split("\n")[0])
+    parser.add_argument("notebook", help="e.g. 01_baselines")
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--output", default=None, help="default: executed/<profile>/<notebook>.ipynb")
+    parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    args = parser.parse_args(argv)
+    try:
+        path = execute(args.notebook, args.profile, {n: parse_value(v) for n, v in args.p},
+                       Path(args.output) if args.output else None)
+    except ParameterError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("executed", path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+    return 0
