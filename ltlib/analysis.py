@@ -75,6 +75,7 @@ class Comparison:
     method_mean: float
     baseline_mean: float
     direction: int = +1           # +1: the claim is "method > baseline"; -1: "method < baseline"
+    threshold: float = 0.0        # the claim is "difference > threshold" (direction +1), e.g. -2: "at most 2 lower"
 
     @property
     def n(self) -> int:
@@ -99,12 +100,16 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
+        if self.n == 0:
+            return "no paired seeds"
         if self.n < 2 or any(math.isnan(d) for d in self.differences):
             return "not separable"
         low, high = self.mean - self.half_width, self.mean + self.half_width
-        if self.direction * low > 0 and self.direction * high > 0:
+        below, above = (low, high) if self.direction > 0 else (-high, -low)
+        threshold = self.threshold * self.direction
+        if below > threshold:
             return "holds"
-        if self.direction * low < 0 and self.direction * high < 0:
+        if above < threshold:
             return "does not hold"
         return "not separable"
 
@@ -120,25 +125,32 @@ class Comparison:
 
 
 def compare(records: Sequence[dict], method: str, baseline: str, metric: str = "top1", *, selected_on: str = "val",
-            direction: int = +1, **where) -> Comparison:
-    """Pair ``method`` with ``baseline`` by (dataset, imbalance, seed) on ``metric``."""
-    def by_pair(name):
-        return {(r["dataset"], r["imbalance"], r["seed"]): r[metric]
+            direction: int = +1, threshold: float = 0.0, **where) -> Comparison:
+    """Pair ``method`` with ``baseline`` by (dataset, imbalance, seed, stage seed) on ``metric``."""
+    def by_pair(name, with_stage_seed):
+        return {(r["dataset"], r["imbalance"], r["seed"], r.get("stage_seed") if with_stage_seed else None): r[metric]
                 for r in select(records, method=name, selected_on=selected_on, **where)}
-    mine, theirs = by_pair(method), by_pair(baseline)
+    mine, theirs = by_pair(method, True), by_pair(baseline, True)
+    if not set(mine) & set(theirs):  # a stage against the run it starts from: paired by the run's seed alone
+        mine, theirs = by_pair(method, False), by_pair(baseline, False)
     common = sorted(set(mine) & set(theirs))
     differences = [float(mine[k]) - float(theirs[k]) for k in common]
     def mean_of(values):
         values = [float(v) for v in values]
         return float(np.mean(values)) if values else float("nan")
     return Comparison(method, baseline, metric, differences, mean_of(mine[k] for k in common),
-                      mean_of(theirs[k] for k in common), direction)
+                      mean_of(theirs[k] for k in common), direction, threshold)
 
 
 def comparison_table(comparisons: Sequence[Comparison]):
     import pandas as pd
 
-    return pd.DataFrame([{"claim": f"{c.method} {'>' if c.direction > 0 else '<'} {c.baseline}", "metric": c.metric,
+    def claim(c):
+        relation = ">" if c.direction > 0 else "<"
+        shift = f" {c.threshold:+g}" if c.threshold else ""
+        return f"{c.method} {relation} {c.baseline}{shift}"
+
+    return pd.DataFrame([{"claim": claim(c), "metric": c.metric,
                           "method": fmt(c.method_mean), "baseline": fmt(c.baseline_mean),
                           "paired diff": f"{c.mean:+.2f}" if c.n else "–",
                           "95% CI": f"±{c.half_width:.2f}" if c.n > 1 else "–", "seeds": c.n, "verdict": c.verdict}

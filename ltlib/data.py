@@ -11,9 +11,10 @@ Protocols (both exact, because the papers use different ones):
           each class's index list in class order; the first n_c are kept, with
           n_c = int(n_max · (1/IF)^(c/(C−1))) and n_max the pool's class size (5000 / 500 on CIFAR).
           The validation split takes the *last* ``val_per_class`` indices of each shuffled list,
-          which LDAM never selects unless n_c > pool − val_per_class: only the head class, which
-          then trains on pool − val_per_class images (4,975 instead of 5,000 on CIFAR-10). Pass
-          ``val_per_class=0`` for LDAM's exact subset with no validation split.
+          which LDAM never selects unless n_c > pool − val_per_class: on CIFAR-10 only the head class
+          (4,975 instead of 5,000 images), on CIFAR-100 the two to three largest classes (n_c > 475;
+          :func:`ldam_validation_cut`). Pass ``val_per_class=0`` for LDAM's exact subset with no
+          validation split.
 ``cdb``   (hitachi-rd-cv/CDB-loss and Difficulty_Net, ``data_preprocessing.py``): the last 25
           images of every class (file order) are the validation split; then the first
           n_c = int((pool − 25) · (1/IF)^(c/(C−1))) of each class in file order (475 on CIFAR-100).
@@ -108,6 +109,18 @@ def class_counts(dataset: str, imbalance: float, protocol: str, shape: str = "ex
     pool = info["pool_per_class"]
     n_max = pool if protocol == "ldam" else pool - CDB_VAL_PER_CLASS
     return long_tailed_counts(n_max, info["num_classes"], imbalance, shape)
+
+
+def ldam_validation_cut(dataset: str, imbalance: float, val_per_class: int = CDB_VAL_PER_CLASS,
+                        shape: str = "exp") -> list[tuple[int, int, int]]:
+    """Under ``ldam`` with a validation split: (class, n_c the protocol selects, n_c left to train) of every class
+    the split cuts. The split takes the last ``val_per_class`` indices of each class's shuffled order, so it
+    cuts only the classes whose n_c exceeds pool − val_per_class: the head class of CIFAR-10 (5,000 > 4,975),
+    two to three classes of CIFAR-100 (pool 500: n_c > 475; IF 10: classes 0-2, IF 100: 0-1)."""
+    key = dataset.replace("-jpeg", "")
+    pool = _SOURCE_INFO[key]["pool_per_class"]
+    counts = class_counts(key, imbalance, "ldam", shape)
+    return [(c, n, pool - val_per_class) for c, n in enumerate(counts) if n > pool - val_per_class]
 
 
 def resolve_val_per_class(source: str, val_per_class: int | None) -> int:

@@ -120,7 +120,7 @@ def read_feature_file(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tens
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"feature file {path} does not exist; extract features with "
-                                "ltlib.features.run_features or download the official ones")
+                                "ltlib.features.feature_set or download the official ones")
     try:
         handle = h5py.File(path, "r")
     except OSError as error:

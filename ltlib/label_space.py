@@ -538,3 +538,26 @@ def head_tail_separation(log_likelihood, labels, groups: dict[str, list[int]], p
         both = many | few
         out["auc_many_vs_few"] = float(roc_auc_score(many[both].astype(int), llh[both]))
     return out
+
+
+def separation_from_summary(pairwise, sizes, taken, groups: dict[str, list[int]]) -> dict:
+    """:func:`head_tail_separation` from a stored summary instead of per-sample values (exact, not binned).
+
+    ``pairwise[c][d]``: P(a class-c sample is more likely than a class-d one), ties half; ``sizes[c]``: samples of
+    class c; ``taken[c]``: those at or above the threshold. AUC(G₁, G₂) = Σ n_c n_d P[c, d] / (Σ n_c · Σ n_d).
+    """
+    sizes, taken = np.asarray(sizes, dtype=np.float64), np.asarray(taken, dtype=np.float64)
+    out = {}
+    for name, classes in groups.items():
+        out[f"taken_{name}"] = float(taken[classes].sum() / sizes[classes].sum()) if classes and sizes[classes].sum() \
+            else float("nan")
+    first = next(iter(groups))
+    out["head_share_of_taken"] = float(taken[groups[first]].sum() / taken.sum()) if taken.sum() else float("nan")
+    many, few = groups.get("many", []), groups.get("few", [])
+    if pairwise is not None and many and few:
+        table = np.asarray(pairwise, dtype=np.float64)
+        weight = np.outer(sizes[many], sizes[few])
+        out["auc_many_vs_few"] = float((weight * table[np.ix_(many, few)]).sum() / weight.sum())
+    else:
+        out["auc_many_vs_few"] = float("nan")
+    return out

@@ -107,9 +107,16 @@ class NotebookConfig:
     def parameters_cell(cls) -> str:
         """The source of the notebook's ``parameters`` cell: every parameter, typed, with its quick default."""
         hints, defaults = cls.hints(), cls.defaults()
-        lines = [f"{f.name}: {_type_name(hints[f.name])} = {defaults[f.name]!r}" for f in cls.declared()]
-        width = max(len(line) for line in lines) + 2
-        return "\n".join(f"{line:<{width}}# {f.metadata['doc']}" for line, f in zip(lines, cls.declared()))
+        # papermill's parser skips a line with more than one "=", so an "=" inside a value (a method option such as
+        # 'cdb_ce:tau=1') is written as the escape \x3d: the same string to Python, one "=" on the line to papermill.
+        values = [repr(defaults[f.name]).replace("=", "\\x3d") for f in cls.declared()]
+        lines = [f"{f.name}: {_type_name(hints[f.name])} = {value}" for f, value in zip(cls.declared(), values)]
+        width = min(max(len(line) for line in lines), 44) + 2
+        body = [f"{line:<{width}}# {f.metadata['doc']}" if len(line) < width else f"{line}  # {f.metadata['doc']}"
+                for line, f in zip(lines, cls.declared())]
+        if any("\\x3d" in v for v in values):
+            body.insert(0, "# '\\x3d' below is '=' (papermill reads one '=' per line)")
+        return "\n".join(body)
 
     # ------------------------------------------------------------------------------------------ validation
     def __post_init__(self):

@@ -4,6 +4,7 @@ Every location is derived here, so a notebook, a test and ``make`` agree on it:
 
 * data root: ``$LTLIB_DATA`` or ``<repo>/data``;
 * cache (decoded JPEG folders, run checkpoints): ``$LTLIB_CACHE`` or ``<repo>/cache``;
+* run store: ``$LTLIB_RUNS`` or ``<repo>/runs`` (``<store>/<profile>/<run key>.json``, committed);
 * results, figures and executed notebooks: ``<repo>/{results,figures,executed}/<profile>/``.
 """
 from __future__ import annotations
@@ -35,6 +36,11 @@ def cache_dir() -> Path:
     path = Path(os.environ.get("LTLIB_CACHE", ROOT / "cache")).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def runs_dir() -> Path:
+    """The run store's root (``$LTLIB_RUNS``, default ``<repo>/runs``): one folder of entries per profile."""
+    return Path(os.environ.get("LTLIB_RUNS", ROOT / "runs")).expanduser().resolve()
 
 
 def results_dir(profile: str) -> Path:

@@ -247,7 +247,9 @@ class StageRun:
     def records(self, name: str, thresholds: ShotThresholds | None = None) -> list[dict]:
         thresholds = thresholds or shot_thresholds(self.spec.parent.data.source)
         records = make_records(self.entry, name, thresholds)
-        return [{**r, "stage1_run_key": self.spec.parent.key(), "stage": self.spec.kind} for r in records]
+        # paired by the seed of the run the stage starts from; the stage's own seed is kept beside it
+        return [{**r, "seed": self.spec.parent.seed, "stage_seed": self.spec.seed, "stage1_run_key": self.spec.parent.key(),
+                 "stage": self.spec.kind} for r in records]
 
 
 def stage_entry(spec: StageSpec, store: RunStore) -> dict:

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from .io import CorruptFileError, dumps, file_lock, read_json, sha256_hex, write_json
-from .paths import ROOT, cache_dir
+from .paths import ROOT, cache_dir, runs_dir
 
 FORMAT = 1
 KEY_PATTERN = re.compile(r"^[0-9a-f]{16}$")
@@ -36,7 +36,7 @@ class RunStore:
 
     def __init__(self, profile: str, root: str | Path | None = None):
         self.profile = profile
-        self.folder = Path(root if root is not None else ROOT / "runs") / profile
+        self.folder = Path(root if root is not None else runs_dir()) / profile
 
     def __repr__(self) -> str:
         return f"RunStore({self.folder})"

@@ -216,6 +216,7 @@ class BaselinesNotebook(TrainingConfig):
                                        min=1, empty_ok=True)
     schedule_methods: list[str] = param(["ce", "ldam_drw"], "methods of the schedule study")
     schedule_seed: int = param(0, "seed of the schedule study", min=0)
+    schedule_target: float = param(60.0, "top-1 (%) cross-entropy should reach at the chosen length", min=0)
     precision_epochs: int = param(5, "length of the bf16-vs-fp32 check (0: no check)", min=0)
     precision_method: str = param("ce", "method of the bf16-vs-fp32 check")
     precision_seeds: list[int] = param([0, 1], "seeds of the bf16-vs-fp32 check (paired)", min=0)
@@ -298,12 +299,10 @@ class DifficultyNetNotebook(TrainingConfig):
     methods: list[str] = param(["ce", "cdb_ce", "difficulty_net", "difficulty_net_as_released",
                                 "difficulty_net:target=absolute", "difficulty_net:driver_weight=0"], "methods compared")
     recipe: str = param("cdb", "the paper recipe this schedule is scaled from (ltlib.studies.RECIPES)")
-    epochs: int = param(12, "training epochs", min=1)
-    batch_size: int = param(32, "batch size", min=1)
-    milestones: list[int] = param([8, 11], "epochs (0-based) from which lr is multiplied by gamma", min=0,
+    batch_size: int = param(32, "batch size (official CDB CIFAR code: 32)", min=1)
+    milestones: list[int] = param([10, 13], "epochs (0-based) from which lr is multiplied by gamma", min=0,
                                   empty_ok=True)
     warmup_epochs: int = param(0, "linear warm-up epochs", min=0)
-    weight_decay: float = param(0.0005, "weight decay", min=0)
     no_bias_decay: bool = param(True, "no weight decay on the classifier bias (official CDB code)")
     stage2_epochs: int = param(10, "stage-2 epochs (official CIFAR: 50, cosine from lr 0.05)", min=1)
     stage2_lr: float = param(0.05, "stage-2 learning rate", min=0)
@@ -434,6 +433,7 @@ class Study:
         self.store = store or RunStore(config.profile)
         self.items = config.plan()
         self._entries: dict[str, object] = {}
+        self.computed: list[str] = []  # keys this process trained or computed (ensure)
 
     def missing(self) -> list[Planned]:
         return [p for p in self.items if p.key not in self.store]
@@ -450,7 +450,8 @@ class Study:
             except DeviceError as error:
                 raise DeviceError(f"{self.config.NOTEBOOK}: {len(missing)} run(s) are not in {self.store.folder} and "
                                   f"would be trained here, but: {error}") from None
-            execute(missing, self.store, workers=workers or getattr(self.config, "workers", 1), progress=progress)
+            self.computed += execute(missing, self.store, workers=workers or getattr(self.config, "workers", 1),
+                                     progress=progress)
         return missing
 
     def get(self, item: Planned):

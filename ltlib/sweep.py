@@ -32,7 +32,7 @@ from .store import RunStore
 from .studies import Planned
 
 # Training throughput, images per second, by (device type, model, bf16 autocast, CPU threads).
-# CPU rows: measured on this project's 2-core AMD EPYC (AVX-512 BF16), ResNet-32 batch 128, channels-last,
+# CPU rows: measured on this project's 2-core CPU machine (AVX-512 BF16), ResNet-32 batch 128, channels-last,
 # idle machine (benchmarks/throughput.py). CUDA rows are estimates (no GPU run yet): a ResNet-32 at batch 128
 # moves ~45,000 img/s eager on an H100-class GPU (a 200-epoch CIFAR-10-LT run in about a minute).
 THROUGHPUT = {

@@ -8,8 +8,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import sys
+
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/fakedata.py: stand-in data sets in the real formats
 
 # The caller's own cache choice (CI sets LTLIB_CACHE), read before any fixture replaces it: only
 # the real-data test uses it, so a decoded CIFAR-10 JPEG cache can be reused between runs.
@@ -22,6 +26,7 @@ def isolated_cache(tmp_path, monkeypatch) -> Path:
     cache = tmp_path / "ltlib-cache"
     monkeypatch.setenv("LTLIB_CACHE", str(cache))
     monkeypatch.delenv("LTLIB_DOWNLOAD", raising=False)
+    monkeypatch.delenv("LTLIB_VERIFY_MD5", raising=False)
     return cache
 
 

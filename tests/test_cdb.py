@@ -94,7 +94,7 @@ def test_weights_come_from_the_validation_split_every_epoch_never_the_test_split
     torch.manual_seed(0)
     method = build_method("cdb_ce:tau=1.5".split(":")[0], data.train_counts, tau=1.5)
     model = build_model("small_cnn", 10, in_channels=1)
-    config = TrainConfig(epochs=4, batch_size=64, lr=0.05, warmup_epochs=0, milestones=(3,), gamma=0.1)
+    config = TrainConfig(epochs=4, batch_size=64, lr=0.05, warmup_epochs=0, milestones=(3,), gamma=0.1, test_every=1)
     result = fit(model, method, data, config, progress=False)
     history = result.history
     weights = [np.asarray(h["class_weight"]) for h in history]

@@ -135,9 +135,9 @@ def test_exp_counts_follow_the_formula():
 def test_step_profile():
     assert long_tailed_counts(500, 10, 10, "step") == [500] * 5 + [50] * 5
     assert long_tailed_counts(100, 4, 4, "step", step_fraction=0.25) == [100, 25, 25, 25]
-    assert class_counts("cifar10", 100, "ldam", profile="step") == [5000] * 5 + [50] * 5
-    assert class_counts("cifar100", 10, "cdb", profile="step") == [475] * 50 + [47] * 50
-    with pytest.raises(DataError, match="profile"):
+    assert class_counts("cifar10", 100, "ldam", shape="step") == [5000] * 5 + [50] * 5
+    assert class_counts("cifar100", 10, "cdb", shape="step") == [475] * 50 + [47] * 50
+    with pytest.raises(DataError, match="shape"):
         long_tailed_counts(500, 10, 10, "linear")
 
 
@@ -463,73 +463,58 @@ def test_cifar10_jpeg_cache_never_goes_to_the_repository(tmp_path, isolated_cach
 
 
 # --------------------------------------------------------------------------------------------
-# Loader: cifar10 / cifar100 through torchvision (monkeypatched dataset classes)
+# Loader: cifar10 / cifar100 from torchvision's pickle layout (tiny files written by the test)
 # --------------------------------------------------------------------------------------------
 
-def _fake_cifar(num_classes: int, per_class_train: int, per_class_test: int, calls: list):
-    size = 4
+@pytest.mark.parametrize("source, num_classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_pickle_loader(source, num_classes, tmp_path, monkeypatch):
+    from fakedata import cifar_pixels, write_cifar
 
-    def pixels(n: int, offset: int) -> np.ndarray:
-        # value depends on (sample, row, column, channel), so a wrong transpose cannot go unnoticed
-        n_, h, w, ch = np.meshgrid(np.arange(n), np.arange(size), np.arange(size), np.arange(3), indexing="ij")
-        return ((offset + 7 * n_ + 11 * h + 13 * w + 17 * ch) % 256).astype(np.uint8)
-
-    class FakeCIFAR:
-        base_folder = "fake-batches-py"
-
-        def __init__(self, root, train=True, transform=None, target_transform=None, download=False):
-            calls.append((root, train, download))
-            per = per_class_train if train else per_class_test
-            targets = interleaved_labels(num_classes, per, seed=5 if train else 6)
-            self.data = pixels(len(targets), 0 if train else 100)  # (N, H, W, C), as torchvision keeps it
-            self.targets = targets.tolist()
-            self.classes = [f"class{c:03d}" for c in range(num_classes)]
-
-    return FakeCIFAR
-
-
-@pytest.mark.parametrize("source, attr, num_classes", [("cifar10", "CIFAR10", 10), ("cifar100", "CIFAR100", 100)])
-def test_cifar_pickle_loader(source, attr, num_classes, tmp_path, monkeypatch):
-    import torchvision.datasets
-
-    calls = []
-    fake = _fake_cifar(num_classes, 12, 2, calls)
-    monkeypatch.setattr(torchvision.datasets, attr, fake)
+    monkeypatch.setenv("LTLIB_VERIFY_MD5", "0")  # the stand-in files are not the official ones
+    write_cifar(tmp_path, source, per_class_train=12, per_class_test=2)
     data = load_long_tailed(source, 10, "ldam", root=tmp_path, val_per_class=2)
-
-    assert calls == [(str(tmp_path.resolve() / source), True, False), (str(tmp_path.resolve() / source), False, False)]
-    train_raw, test_raw = fake(str(tmp_path), train=True), fake(str(tmp_path), train=False)
-    train_x = np.asarray(train_raw.data)
-    train_y = np.asarray(train_raw.targets)
-    assert data.class_names == train_raw.classes
-    assert data.train.images.dtype == torch.uint8 and tuple(data.train.images.shape[1:]) == (3, 4, 4)
-    picked = train_x[data.train_indices]  # (N, H, W, C)
-    for ch in range(3):
-        np.testing.assert_array_equal(data.train.images[:, ch].numpy(), picked[:, :, :, ch])
-    np.testing.assert_array_equal(data.train.labels.numpy(), train_y[data.train_indices])
+    expected_names = [f"class{c}" for c in range(10)] if source == "cifar10" else [f"class{c:03d}" for c in range(100)]
+    assert data.class_names == expected_names
+    assert data.train.images.dtype == torch.uint8 and tuple(data.train.images.shape[1:]) == (3, 32, 32)
+    pool = cifar_pixels(12 * num_classes, 0).reshape(-1, 3, 32, 32)
+    np.testing.assert_array_equal(data.train.images.numpy(), pool[data.train_indices])
     assert data.train.images.is_contiguous()
-    np.testing.assert_array_equal(data.test.images.numpy(), np.asarray(test_raw.data).transpose(0, 3, 1, 2))
-    np.testing.assert_array_equal(data.test.labels.numpy(), np.asarray(test_raw.targets))
+    np.testing.assert_array_equal(data.test.images.numpy(), cifar_pixels(2 * num_classes, 100).reshape(-1, 3, 32, 32))
     assert data.val.counts(num_classes) == [2] * num_classes
     assert data.test.counts(num_classes) == [2] * num_classes
     assert data.train_counts[0] == 10  # 12 per class, 2 held out
 
 
-def test_cifar_pickle_loader_wraps_torchvision_not_found(tmp_path, monkeypatch):
-    import torchvision.datasets
+def test_cifar_files_that_fail_the_md5_check_are_named_as_damaged(tmp_path):
+    from fakedata import write_cifar
 
-    class Missing:
-        base_folder = "cifar-100-python"
+    folder = write_cifar(tmp_path, "cifar10", per_class_train=2, per_class_test=1)
+    with pytest.raises(DataError, match=r"fail torchvision's md5 check.*LTLIB_VERIFY_MD5=0") as info:
+        load_long_tailed("cifar10", 10, "ldam", root=tmp_path, val_per_class=1)
+    assert str(folder / "data_batch_1") in str(info.value)
+    assert not isinstance(info.value, DataNotFoundError)
 
-        def __init__(self, *args, **kwargs):
-            raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR100", Missing)
+def test_missing_cifar_files_are_named(tmp_path):
     with pytest.raises(DataNotFoundError) as info:
         load_long_tailed("cifar100", 100, "cdb", root=tmp_path)
     assert_missing_message(info.value, tmp_path)
     assert "cifar-100-python" in str(info.value)
-    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_download_without_a_network_is_one_error_and_leaves_no_empty_folder(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tv_utils, "download_url", offline)
+    monkeypatch.setattr(tv_utils, "urlretrieve", offline, raising=False)
+    with pytest.raises(DataNotFoundError, match=r"downloading into .* failed .*Is there a network"):
+        load_long_tailed("cifar10", 10, "ldam", root=tmp_path, download=True)
+    assert not (tmp_path / "cifar10").exists()
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,9 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltlib.losses import build_loss
 from ltlib.methods import build_method, parse_method
-from ltlib.methods.intra_inter import GradientHarmonizedLoss, adaptive_bins, gradient_norm
+from ltlib.methods.intra_inter import GradientHarmonizedLoss, adaptive_bins, gradient_norm, intra_inter_method
 
 COUNTS = [500, 120, 30, 8]
 
@@ -28,7 +27,7 @@ def test_gradient_norm_is_the_target_gradient_of_cross_entropy():
 
 def test_plain_ghm_gives_every_occupied_region_the_same_total_weight():
     logits, targets = batch()
-    loss = build_loss("ghm", COUNTS, bins=10, momentum=0.0)
+    loss = GradientHarmonizedLoss(COUNTS, bins=10, momentum=0.0)
     weights = loss.sample_weights(logits, targets)
     regions = torch.minimum((gradient_norm(logits, targets) * 10).long(), torch.tensor(9))
     totals = torch.stack([weights[regions == r].sum() for r in regions.unique()])
@@ -38,7 +37,7 @@ def test_plain_ghm_gives_every_occupied_region_the_same_total_weight():
 
 def test_intra_histograms_are_per_class_and_keep_each_class_total():
     logits, targets = batch(1)
-    loss = build_loss("intra_inter", COUNTS, inter=False, adaptive=False, bins=8, momentum=0.0)
+    loss = intra_inter_method(COUNTS, inter=False, adaptive=False, bins=8, momentum=0.0).loss
     weights = loss.sample_weights(logits, targets)
     g = gradient_norm(logits, targets)
     for c in range(4):
@@ -56,7 +55,7 @@ def test_adaptive_precision_rule():
     assert bins[0] == 30 and bins[-1] == 15
     assert torch.all(bins[:-1] >= bins[1:])
     assert adaptive_bins([1, 1000], 30, min_bins=3).tolist() == [3, 30]
-    loss = build_loss("intra_inter", COUNTS)
+    loss = intra_inter_method(COUNTS).loss
     assert loss.group_bins.tolist() == adaptive_bins(COUNTS, 30).tolist()
     logits, targets = batch(2)
     loss.sample_weights(logits, targets)
@@ -68,19 +67,19 @@ def test_adaptive_precision_rule():
 def test_inter_part_equalises_the_gradient_mass_of_classes(intra):
     logits = batch(3)[0][:40]
     targets = torch.tensor([0] * 25 + [1] * 9 + [2] * 4 + [3] * 2)  # head-heavy
-    loss = build_loss("intra_inter", COUNTS, intra=intra, momentum=0.0, class_momentum=0.0)
+    loss = intra_inter_method(COUNTS, intra=intra, momentum=0.0, class_momentum=0.0).loss
     weights = loss.sample_weights(logits, targets)
     g = gradient_norm(logits, targets)
     mass = torch.stack([(weights * g)[targets == c].sum() for c in range(4)])
     assert torch.allclose(mass, mass.mean().expand(4), rtol=1e-4)
-    unbalanced = build_loss("intra_inter", COUNTS, intra=intra, inter=False, momentum=0.0).sample_weights(logits, targets)
+    unbalanced = intra_inter_method(COUNTS, intra=intra, inter=False, momentum=0.0).loss.sample_weights(logits, targets)
     raw = torch.stack([(unbalanced * g)[targets == c].sum() for c in range(4)])
     assert raw.std() > 10 * mass.std()  # it was not equal before
     assert mass.sum().item() == pytest.approx(raw.sum().item(), rel=1e-5)  # the total mass is kept
 
 
 def test_inter_ema_counts_absent_classes_as_zero_so_rare_classes_gain():
-    loss = build_loss("intra_inter", COUNTS, intra=False, momentum=0.0, class_momentum=0.9)
+    loss = intra_inter_method(COUNTS, intra=False, momentum=0.0, class_momentum=0.9).loss
     logits, _ = batch(7, n=32)
     head_only = torch.zeros(32, dtype=torch.long)
     for _ in range(20):
@@ -93,7 +92,7 @@ def test_inter_ema_counts_absent_classes_as_zero_so_rare_classes_gain():
 
 def test_the_ema_remembers_earlier_batches_and_only_in_training():
     logits, targets = batch(4)
-    loss = build_loss("ghm", COUNTS, bins=5, momentum=0.75)
+    loss = GradientHarmonizedLoss(COUNTS, bins=5, momentum=0.75)
     loss.sample_weights(logits, targets)
     after_one = loss.density.clone()
     assert after_one.sum().item() == pytest.approx(0.25 * 64)  # (1 − momentum) · counts from zero

@@ -153,25 +153,6 @@ def test_head_tail_separation():
     assert 0.25 < head_tail_separation(noise, labels, groups)["auc_many_vs_few"] < 0.75
 
 
-def test_run_dlsa_on_a_trained_digits_model_records_stages_and_caches():
-    from ltlib.experiment import DataSpec, RunSpec, run
-    from ltlib.label_space import run_dlsa
-    from ltlib.train import TrainConfig
-
-    spec = RunSpec("ce", DataSpec("digits", 10, "ldam"), "small_cnn",
-                   TrainConfig(epochs=2, batch_size=64, lr=0.05, milestones=(), warmup_epochs=0))
-    result = run(spec, profile="quick", progress=False)
-    config = DLSAConfig(depth=1, **SMALL)
-    out = run_dlsa(result, config, profile="quick")
-    record = out["records"][0]
-    assert not out["cached"] and record["method"] == "ce + dlsa1" and record["selected_on"] == "val"
-    assert 0 <= record["top1"] <= 100 and record["stage1_run_key"] == spec.key()
-    assert sum(sum(stage["test_classes"]) for stage in out["stages"]) == 400
-    assert len(out["stages"][0]["llh"]["test"]) == 400
-    again = run_dlsa(result, config, profile="quick")
-    assert again["cached"] and again["records"][0]["top1"] == record["top1"]
-
-
 def test_standardize_drops_constant_dimensions_that_make_the_likelihood_unbounded():
     features = blobs([200, 80, 30, 10])
     for split in ("train", "val", "test"):  # a dead unit: constant on every split
@@ -183,7 +164,7 @@ def test_standardize_drops_constant_dimensions_that_make_the_likelihood_unbounde
 
 
 def test_cpu_threads_restores_the_setting():
-    from ltlib.train import cpu_threads
+    from ltlib.runtime import cpu_threads
 
     before = torch.get_num_threads()
     with cpu_threads(1):

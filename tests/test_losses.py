@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ltlib.losses import LOSSES, WeightedLoss, build_loss, effective_number_weights
-from ltlib.methods import METHODS, DeferredReweighting, Method, build_method
+from ltlib.methods import METHODS, DeferredReweighting, Method, MethodRef, build_method, method_options
 
 COUNTS = [100, 30, 10, 3]
 
@@ -276,7 +276,7 @@ def test_logit_adjust_value():
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_build_every_method(name):
-    method = build_method(name, COUNTS, drw_epoch=2)
+    method = build_method(name, COUNTS, **({"drw_epoch": 2} if "drw_epoch" in method_options(name) else {}))
     assert isinstance(method, Method)
     assert isinstance(method.loss, WeightedLoss)
     assert method.head == ("normed" if name.startswith("ldam") else "linear")
@@ -355,3 +355,26 @@ def test_method_state_round_trip():
     b = build_method("ce_drw", COUNTS, drw_epoch=0, drw_beta=0.99)
     b.load_state_dict(a.state_dict())
     assert b.class_weight() == a.class_weight() and b.loss.reduction == "weighted_mean"
+
+
+def test_schedule_options_belong_to_the_methods_that_read_them():
+    """drw_epoch is an option of the DRW methods only: a method that never reads it is never keyed on it."""
+    assert "drw_epoch" in method_options("ldam_drw") and "drw_epoch" not in method_options("ce")
+    with pytest.raises(ValueError, match=r"no option\(s\) \['drw_epoch'\]"):
+        build_method("ce", COUNTS, drw_epoch=3)
+    assert MethodRef.parse("ce", {"drw_epoch": 3}) == MethodRef.parse("ce")
+    assert MethodRef.parse("ldam_drw", {"drw_epoch": 3}).kwargs == {"drw_epoch": 3}
+
+
+def test_misspelt_variant_option_lists_the_accepted_ones():
+    with pytest.raises(ValueError, match=r"'cdb_ce' has no option\(s\) \['tua'\]; it accepts \[.*'tau'"):
+        MethodRef.parse("cdb_ce:tua=1")
+    with pytest.raises(ValueError, match="key=value"):
+        MethodRef.parse("cdb_ce:tau")
+
+
+def test_options_equal_to_the_default_name_the_same_run():
+    assert MethodRef.parse("cdb_ce:tau=sigmoid") == MethodRef.parse("cdb_ce")
+    assert MethodRef.parse("cdb_ce:min_difficulty=0") == MethodRef.parse("cdb_ce")
+    assert MethodRef.parse("cdb_ce:tau=1") != MethodRef.parse("cdb_ce")
+    assert str(MethodRef.parse("intra_inter:inter=false")) == "intra_inter:inter=false"

@@ -8,7 +8,7 @@ import torch
 from ltlib.data import load_long_tailed
 from ltlib.methods import Method, build_method
 from ltlib.models import build_model
-from ltlib.train import NonFiniteLossError, TrainConfig, fit
+from ltlib.train import ConfigError, NonFiniteLossError, TrainConfig, fit
 
 
 @pytest.fixture(scope="module")
@@ -18,14 +18,15 @@ def digits():
 
 def small_config(**overrides) -> TrainConfig:
     values = dict(epochs=3, batch_size=64, lr=0.05, weight_decay=5e-4, warmup_epochs=1, milestones=(2,),
-                  gamma=0.1, drw_epoch=2)
+                  gamma=0.1, test_every=1)
     values.update(overrides)
     return TrainConfig(**values)
 
 
-def train(data, method_name="ce", seed=0, config=None, **kwargs):
+def train(data, method_name="ce", seed=0, config=None, drw_epoch=2, **kwargs):
     torch.manual_seed(seed)
-    method = build_method(method_name, data.train_counts, drw_epoch=(config or small_config()).drw_epoch)
+    options = {"drw_epoch": drw_epoch} if method_name.endswith("_drw") else {}
+    method = build_method(method_name, data.train_counts, **options)
     model = build_model("small_cnn", data.num_classes, in_channels=1, head=method.head)
     return fit(model, method, data, config or small_config(), seed=seed, progress=False, **kwargs), model
 
@@ -49,7 +50,7 @@ def test_different_seed_differs(digits):
 
 
 def test_killed_run_resumes_to_the_same_numbers(digits, tmp_path):
-    config = small_config(epochs=4, milestones=(3,), drw_epoch=2)
+    config = small_config(epochs=4, milestones=(3,))
     uninterrupted, model_full = train(digits, "ldam_drw", config=config)
     checkpoint = tmp_path / "run.pt"
     partial, _ = train(digits, "ldam_drw", config=config, checkpoint=checkpoint, stop_after=2)
@@ -102,7 +103,7 @@ def test_best_epoch_is_chosen_on_validation_not_test(digits):
 
 
 def test_drw_weights_switch_on_at_drw_epoch(digits):
-    result, _ = train(digits, "ldam_drw", config=small_config(epochs=3, drw_epoch=2))
+    result, _ = train(digits, "ldam_drw", config=small_config(epochs=3), drw_epoch=2)
     weights = [h["class_weight"] for h in result.history]
     assert weights[0] == weights[1] == [1.0] * 10
     assert weights[2] != [1.0] * 10 and weights[2][-1] > weights[2][0]
@@ -126,5 +127,42 @@ def test_config_rejects_wrong_types(field, value):
 
 
 def test_unknown_schedule_is_rejected():
-    with pytest.raises(ValueError, match="multistep"):
+    with pytest.raises(ConfigError, match="multistep"):
         TrainConfig(schedule="step")
+
+
+@pytest.mark.parametrize("field,value", [("warmup_epochs", -1), ("lr", float("nan")), ("lr", float("inf")), ("lr", 0.0),
+                                         ("momentum", -0.5), ("test_every", -2), ("milestones", "10"),
+                                         ("milestones", [10, "x"]), ("compile", "yes"), ("amp", "true")])
+def test_config_rejects_values_out_of_range(field, value):
+    with pytest.raises(ConfigError, match=field.rstrip("s") if field == "milestones" else field):
+        TrainConfig(**{field: value})
+
+
+def test_run_killed_after_its_last_checkpoint_finishes_with_the_same_numbers(digits, tmp_path):
+    """The final evaluation comes from the checkpoint's weights, so a run that died after saving its last epoch
+    (before its result was written) ends with the same confusions when called again."""
+    config = small_config(epochs=3)
+    checkpoint = tmp_path / "run.pt"
+    full, _ = train(digits, "ce", config=config, checkpoint=checkpoint)  # its last checkpoint is the final state
+    # a fresh process, as after a kill between the last checkpoint and the result: no epoch is left to train
+    finished, _ = train(digits, "ce", config=config, checkpoint=checkpoint)
+    assert finished.resumed_from == 3
+    np.testing.assert_array_equal(finished.confusion_last, full.confusion_last)
+    np.testing.assert_array_equal(finished.confusion_best, full.confusion_best)
+    assert finished.best_epoch == full.best_epoch and comparable(finished.history) == comparable(full.history)
+
+
+def test_test_split_is_evaluated_only_at_reported_epochs(digits):
+    result, _ = train(digits, config=small_config(epochs=5, test_every=2, milestones=(4,)))
+    assert [("test_top1" in h) for h in result.history] == [False, True, False, True, True]
+    assert all("val_balanced" in h for h in result.history)
+
+
+def test_a_corrupt_checkpoint_is_named_with_the_fix(digits, tmp_path):
+    from ltlib.io import CorruptFileError
+
+    checkpoint = tmp_path / "run.pt"
+    checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(CorruptFileError, match=r"checkpoint .*run\.pt cannot be read.*delete it"):
+        train(digits, config=small_config(epochs=1), checkpoint=checkpoint)

@@ -10,12 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltlib.experiment import DataSpec, RunSpec, run
-from ltlib.features import FeatureSet, extract_features, read_feature_file, run_features
+from ltlib.features import FeatureSet, read_feature_file
 from ltlib.losses import LabelAwareSmoothing, las_smoothing_for_imbalance
-from ltlib.methods.two_stage import (ScaledLinear, Stage2Config, class_aware_indices, retrain_classifier,
-                                     run_stage2, stage2_name)
-from ltlib.train import TrainConfig
+from ltlib.two_stage import ScaledLinear, Stage2Config, class_aware_indices, retrain_classifier
 
 COUNTS = [100, 40, 16, 6, 2]
 
@@ -134,53 +131,6 @@ def test_stage2_is_deterministic_and_rejects_bad_config():
         Stage2Config(epochs=2.5)
     with pytest.raises(ValueError, match="trainable"):
         Stage2Config(trainable="backbone")
-    assert stage2_name("ce", Stage2Config()) == "ce + las_lws"
-    assert stage2_name("ce", Stage2Config(trainable="fc", loss="ce")) == "ce + crt"
-    assert stage2_name("ce", Stage2Config(trainable="scale", loss="ce")) == "ce + lws_ce"
-
-
-@pytest.fixture
-def digits_run():
-    config = TrainConfig(epochs=2, batch_size=64, lr=0.05, milestones=(), warmup_epochs=0)
-    spec = RunSpec("ce", DataSpec("digits", 10, "cdb"), "small_cnn", config, seed=0)
-    return run(spec, profile="quick", progress=False)
-
-
-def test_features_of_a_run_match_its_model_and_are_cached(digits_run):
-    features = run_features(digits_run, views=2, seed=0)
-    n = len(features.clean_train()[1])
-    assert features.views == 2 and features.train.shape[0] == 2 * n == 2 * sum(digits_run.train_counts)
-    assert torch.equal(features.train_labels[:n], features.train_labels[n:])
-    assert not torch.equal(features.train[:n], features.train[n:])  # view 1 is augmented
-    from ltlib.experiment import cached_data
-    from ltlib.data import DeviceBatches
-    from ltlib.features import load_trained_model
-    data = cached_data(digits_run.spec.data)
-    model = load_trained_model(digits_run)
-    clean, _ = extract_features(model, DeviceBatches(data.test, data.mean, data.std, "cpu"))
-    assert torch.equal(clean, features.test)
-    with torch.no_grad():  # the classifier on the extracted features reproduces the model's logits
-        assert torch.allclose(model.classifier(features.test[:5]),
-                              model(DeviceBatches(data.test, data.mean, data.std, "cpu")._normalise(data.test.images[:5])),
-                              atol=1e-5)
-    assert (digits_run.folder / "features-2v-0.pt").exists()
-    assert torch.equal(run_features(digits_run, views=2, seed=0).train, features.train)
-
-
-def test_run_stage2_records_and_cache(digits_run):
-    config = Stage2Config(epochs=3, batch_size=64)
-    out = run_stage2(digits_run, config, profile="quick")
-    assert not out["cached"]
-    assert {r["selected_on"] for r in out["records"]} == {"val", "last", "test"}
-    record = next(r for r in out["records"] if r["selected_on"] == "val")
-    assert record["method"] == "ce + las_lws" and record["stage"] == 2
-    assert record["stage1_run_key"] == digits_run.spec.key() and 0 <= record["top1"] <= 100
-    test_selected = next(r for r in out["records"] if r["selected_on"] == "test")
-    assert test_selected["top1"] >= max(r["top1"] for r in out["records"]) - 1e-9  # peeking picks the best test
-    again = run_stage2(digits_run, config, profile="quick")
-    assert again["cached"]
-    assert [(r["selected_on"], r["top1"], r["few"]) for r in again["records"]] == \
-        [(r["selected_on"], r["top1"], r["few"]) for r in out["records"]]
 
 
 def test_feature_file_reader(tmp_path):
@@ -210,5 +160,5 @@ def test_feature_file_reader(tmp_path):
     not_hdf5.write_text("hello")
     with pytest.raises(ValueError, match="not an HDF5 feature file"):
         read_feature_file(not_hdf5)
-    with pytest.raises(FileNotFoundError, match="run_features"):
+    with pytest.raises(FileNotFoundError, match="feature_set"):
         read_feature_file(tmp_path / "absent.h5")

@@ -1,0 +1,115 @@
+"""The summary notebook's tables: each paper's claim against what this profile measured, and cross-paper tables.
+
+Everything is read from the run store through the other notebooks' own configurations (their plans under the
+same profile): nothing is trained here, and a run the store lacks is reported as "not run".
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from .analysis import compare, mean_std, select
+from .reference import NOT_AVAILABLE, best_match, comparability
+from .studies import RECIPES, Study, study_for
+
+NOTEBOOKS = ("01_baselines", "02_cdb_loss", "03_difficulty_net", "04_dlsa", "05_intra_inter_balance")
+
+
+def load_studies(profile: str) -> dict[str, Study]:
+    return {nb: study_for(nb, profile) for nb in NOTEBOOKS}
+
+
+def available(study: Study, role: str) -> bool:
+    return all(p.key in study.store for p in study.select(role))
+
+
+def _records(study: Study, *roles: str) -> list[dict]:
+    return [r for role in roles for r in (study.records(role) if available(study, role) else [])]
+
+
+def _setting(study: Study) -> dict:
+    c = study.config
+    return {"data": ", ".join(f"{s} IF {i:g}" for s in c.sources for i in c.imbalances), "protocol": c.protocol,
+            "schedule": f"{c.epochs} of {RECIPES[c.recipe].epochs} epochs ({c.recipe} recipe), {c.model}",
+            "seeds": len(c.seeds)}
+
+
+def _paper_number(paper: str, method: str, study: Study) -> tuple[str, str, str]:
+    c = study.config
+    row = best_match(paper, method, c.sources[0], c.imbalances[0])
+    if row is None:
+        return "–", "–", "no published number for this method"
+    where = f"{row['dataset']} IF {row['imbalance']:g}, {row['model']}, {row['epochs']} ep ({row['source']})"
+    return (f"{row['top1']:.2f}", where, comparability(row, dataset=c.sources[0], imbalance=c.imbalances[0],
+                                                       protocol=c.protocol, model=c.model, epochs=c.epochs))
+
+
+def claim_rows(studies: dict[str, Study]) -> pd.DataFrame:
+    """One row per paper: the claim, what ran, our number ± std, the paper's number, comparability, the verdict."""
+    specs = [
+        ("Baselines (Cao et al.; Ren et al.)", "01_baselines", ("main",), "baselines", "balanced_softmax", "ce", "few",
+         "Balanced Softmax has better few-shot accuracy than CE"),
+        ("CDB loss (Sinha et al., ACCV 2020)", "02_cdb_loss", ("main",), "cdb", "cdb_ce", "ce", "top1",
+         "CDB-CE has a higher top-1 than CE"),
+        ("Difficulty-Net (Sinha & Ohashi, WACV 2023)", "03_difficulty_net", ("main", "stage2"), "difficulty_net",
+         "difficulty_net + las_lws", "ce + las_lws", "top1", "Difficulty-Net (+ stage 2) has a higher top-1 than CE (+ stage 2)"),
+        ("DLSA (Xu et al., ECCV 2022)", "04_dlsa", ("dlsa",), "dlsa", "ce + dlsa1", "ce + bsm", "top1",
+         "DLSA on CE features beats the same Balanced-Softmax classifier without division"),
+        ("Intra-/inter-category balance (Zhang et al., ICASSP 2022) — reconstruction", "05_intra_inter_balance", ("main",),
+         "intra_inter", "intra_inter", "ce", "few", "intra_inter raises few-shot accuracy over CE (tail raised)"),
+    ]
+    rows = []
+    for paper, notebook, roles, key, method, baseline, metric, claim in specs:
+        study = studies[notebook]
+        records = _records(study, *roles)
+        setting = _setting(study)
+        if notebook == "04_dlsa":
+            records = [r for r in records if r["selected_on"] == "val"]
+        ours = [r[metric] for r in select(records, method=method, selected_on="val")]
+        if not records or not ours:
+            rows.append({"paper": paper, "claim": claim, **setting, "ours": "not run", "baseline": "–",
+                         "paired diff": "–", "paper's number": "–", "paper's setting": "–", "comparable?": "–",
+                         "verdict": "not run"})
+            continue
+        c = compare(records, method, baseline, metric)
+        if key in NOT_AVAILABLE:
+            number, where, comparable = "not available", NOT_AVAILABLE[key], "–"
+        else:
+            number, where, comparable = _paper_number(key, method if metric == "top1" else baseline, study)
+            if metric != "top1":
+                where = f"(top-1 of {baseline}, for scale) {where}"
+        rows.append({"paper": paper, "claim": claim, **setting, "ours": f"{metric} {mean_std(ours)}",
+                     "baseline": f"{baseline} {mean_std([r[metric] for r in select(records, method=baseline, selected_on='val')])}",
+                     "paired diff": f"{c.mean:+.2f} (95% CI ±{c.half_width:.2f})" if c.n > 1 else f"{c.mean:+.2f} (1 seed)",
+                     "paper's number": number, "paper's setting": where, "comparable?": comparable, "verdict": c.verdict})
+    return pd.DataFrame(rows)
+
+
+def cross_tables(studies: dict[str, Study]) -> dict[str, pd.DataFrame]:
+    """Methods of several papers on the same data and schedule, each against that setting's CE (paired by seed)."""
+    settings = {
+        "ldam protocol, LDAM-DRW recipe": [("01_baselines", "main"), ("05_intra_inter_balance", "main"), ("04_dlsa", "dlsa")],
+        "cdb protocol, CDB recipe": [("02_cdb_loss", "main"), ("03_difficulty_net", "main"), ("03_difficulty_net", "stage2")],
+    }
+    tables = {}
+    for title, parts in settings.items():
+        records, seen = [], set()
+        for notebook, role in parts:
+            for r in _records(studies[notebook], role):
+                if r["selected_on"] != "val" or (r["method"], r["seed"], r.get("stage_seed")) in seen:
+                    continue
+                seen.add((r["method"], r["seed"], r.get("stage_seed")))
+                records.append({**r, "notebook": notebook})
+        if not records:
+            continue
+        study = studies[parts[0][0]]
+        rows = []
+        for method in dict.fromkeys(r["method"] for r in records):
+            mine = select(records, method=method)
+            baseline = "ce + las_lws" if method.endswith("+ las_lws") else ("ce + bsm" if "+ dlsa" in method else "ce")
+            c = compare(records, method, baseline, "top1") if method != baseline else None
+            rows.append({"method": method, "notebook": mine[0]["notebook"],
+                         **{g: mean_std([r[g] for r in mine]) for g in ("top1", "many", "medium", "few")},
+                         "vs": baseline if c else "–", "top-1 diff": f"{c.mean:+.2f}" if c and c.n else "–",
+                         "verdict": c.verdict if c else "–", "seeds": len({r["seed"] for r in mine})})
+        tables[f"{title}: {_setting(study)['data']}, {_setting(study)['schedule']}"] = pd.DataFrame(rows)
+    return tables

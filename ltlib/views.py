@@ -1,0 +1,82 @@
+"""What notebooks show: computed sentences, tables and the context line of a study, in one place.
+
+Every sentence that depends on a result is built here or in the notebook from the records, never typed in,
+so the same notebook reads truthfully under quick, cpu-real and paper.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from .analysis import Comparison, fmt
+
+
+def in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+    except ImportError:
+        return False
+
+
+def say(markdown: str) -> None:
+    """Show a computed paragraph (Markdown in a notebook, plain text elsewhere)."""
+    if in_notebook():
+        from IPython.display import Markdown, display
+
+        display(Markdown(markdown))
+    else:
+        print(markdown)
+
+
+def show(table, title: str | None = None) -> None:
+    """Show a pandas DataFrame (as text, so a reader of the .ipynb file and of the rendered page see the same)."""
+    if title:
+        print(title)
+    print(table.to_string(index=False) if len(table) else "(no rows)", end="\n\n")
+
+
+def seeds_text(seeds: Iterable[int]) -> str:
+    seeds = sorted(set(seeds))
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"
+
+
+def context(study, role: str = "main") -> str:
+    """One line: profile, data, model, schedule, seeds and where the runs came from."""
+    config = study.config
+    items = study.select(role)
+    runs = [p for p in items if not p.is_stage]
+    if not runs:
+        return f"profile **{config.profile}**: no training runs in this part"
+    specs = [p.spec for p in runs]
+    data = sorted({(s.data.source, s.data.imbalance, s.data.protocol) for s in specs})
+    data_text = "; ".join(f"{source} IF {imbalance:g} ({protocol} protocol)" for source, imbalance, protocol in data)
+    epochs = sorted({s.train.epochs for s in specs})
+    precision = sorted({"bf16" if s.train.amp else "fp32" for s in specs})
+    devices = sorted({s.device for s in specs})
+    trained = sum(p.key in study.computed for p in items)
+    return (f"profile **{config.profile}** · {data_text} · {specs[0].model} · {'/'.join(map(str, epochs))} epochs "
+            f"({'/'.join(precision)}, {'/'.join(devices)}) · {seeds_text(s.seed for s in specs)} · "
+            f"{len(items)} entries of `runs/{config.profile}/`, {trained} computed in this execution")
+
+
+def verdict_sentence(comparison: Comparison, claim: str) -> str:
+    """``claim``: **holds** / **does not hold** / **cannot be separated** — with the numbers behind it."""
+    word = {"holds": "**holds**", "does not hold": "**does not hold**", "no paired seeds": "**not run**",
+            "not separable": "**cannot be separated at this budget**"}[comparison.verdict]
+    return f"{claim}: {word} — {comparison.sentence()}."
+
+
+def delta_text(value: float, digits: int = 1) -> str:
+    return "–" if value != value else f"{value:+.{digits}f}"
+
+
+def names(items: Sequence[str]) -> str:
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+__all__ = ["context", "delta_text", "fmt", "in_notebook", "names", "say", "seeds_text", "show", "verdict_sentence"]

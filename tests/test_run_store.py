@@ -1,0 +1,192 @@
+"""The run store: atomic entries under a lock, checksums, NaN round-trip, run identity, kill at any point."""
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ltlib.experiment import TRAIN_VERSION, DataSpec, RunSpec, run
+from ltlib.io import CorruptFileError
+from ltlib.methods import MethodRef
+from ltlib.metrics import ShotThresholds
+from ltlib.store import RunStore, StoreError
+from ltlib.train import TrainConfig
+
+
+def tiny_spec(method: str = "ce", seed: int = 0, epochs: int = 2, **train) -> RunSpec:
+    config = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, milestones=(), warmup_epochs=0, **train)
+    return RunSpec(DataSpec("digits", 10.0, "ldam"), "small_cnn", MethodRef.parse(method, {"drw_epoch": 1}), config,
+                   seed)
+
+
+@pytest.fixture
+def store(tmp_path) -> RunStore:
+    return RunStore("quick", tmp_path / "runs")
+
+
+def entry(key: str, value) -> dict:
+    return {"key": key, "kind": "test", "result": {"value": value}}
+
+
+# ------------------------------------------------------------------------------------------------ the store
+
+def test_entries_round_trip_exactly_nan_included(store):
+    key = "0123456789abcdef"
+    store.put(entry(key, [1.5, float("nan"), None, 3, {"few": float("nan")}]))
+    back = store.get(key)["result"]["value"]
+    assert back[0] == 1.5 and math.isnan(back[1]) and back[2] is None and back[3] == 3 and math.isnan(back[4]["few"])
+    assert [p.name for p in store.folder.iterdir()] == [f"{key}.json"]  # no temporary file left
+
+
+def test_an_entry_edited_by_hand_is_detected_and_named_with_the_fix(store):
+    key = "0123456789abcdef"
+    path = store.put(entry(key, 1.0))
+    text = path.read_text().replace('"value": 1.0', '"value": 2.0')
+    path.write_text(text)
+    with pytest.raises(StoreError, match=r"0123456789abcdef\.json fails its checksum.*git checkout.*delete it"):
+        store.get(key)
+    path.write_text(text[: len(text) // 2])  # truncated
+    with pytest.raises(CorruptFileError, match="not valid JSON"):
+        store.get(key)
+
+
+def _write_many(root: str, start: int, count: int) -> None:
+    store = RunStore("quick", root)
+    for i in range(start, start + count):
+        store.put(entry(f"{i:016x}", list(range(200))))
+
+
+def test_two_concurrent_writers_lose_no_entry(tmp_path):
+    root = str(tmp_path / "runs")
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write_many, args=(root, start, 60)) for start in (0, 1000)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(120)
+        assert w.exitcode == 0
+    store = RunStore("quick", root)
+    assert len(store.keys()) == 120
+    assert all(store.get(key)["result"]["value"] == list(range(200)) for key in store.keys())
+
+
+# ------------------------------------------------------------------------------------------------ identity
+
+def test_the_key_hashes_what_changes_the_numbers_and_nothing_else():
+    base = tiny_spec("ce")
+    assert base.key() == tiny_spec("ce").key()
+    assert base.identity()["v"] == TRAIN_VERSION
+    different = [tiny_spec("ce", seed=1), tiny_spec("focal"), tiny_spec("ce", epochs=3), tiny_spec("ce", amp=True),
+                 tiny_spec("ce", test_every=1)]
+    assert len({base.key(), *(s.key() for s in different)}) == 1 + len(different)
+    # a method that never reads the DRW epoch is not keyed on it; one that does is
+    import dataclasses
+    assert MethodRef.parse("ce", {"drw_epoch": 1}) == MethodRef.parse("ce", {"drw_epoch": 9})
+    assert tiny_spec("ldam_drw").key() != dataclasses.replace(
+        tiny_spec("ldam_drw"), method=MethodRef.parse("ldam_drw", {"drw_epoch": 2})).key()
+    # the CPU thread count changes a CPU run's numbers, so it is part of the key; on CUDA it is not
+    assert dataclasses.replace(base, cpu_threads=2).key() != base.key()
+    cuda = dataclasses.replace(base, device="cuda")
+    assert cuda.key() != base.key() and dataclasses.replace(cuda, cpu_threads=2).key() == cuda.key()
+    assert dataclasses.replace(cuda, device="cuda:1").key() == cuda.key()  # which GPU does not matter
+
+
+def test_evaluation_thresholds_are_applied_to_records_not_keyed(store):
+    result = run(tiny_spec(), store, progress=False)
+    default = result.records()
+    custom = result.records(ShotThresholds(many_above=80, few_below=30))
+    assert {r["run_key"] for r in default + custom} == {result.key}
+    assert [r["top1"] for r in default] == [r["top1"] for r in custom]
+    assert default[0]["many_above"] == 60 and custom[0]["many_above"] == 80
+
+
+def test_a_group_without_classes_is_nan_and_survives_the_store(store):
+    result = run(tiny_spec(), store, progress=False)
+    record = result.record("val", ShotThresholds(many_above=1000, few_below=1))  # no class above 1000 images
+    assert math.isnan(record["many"]) and math.isnan(record["few"])
+    again = RunStore("quick", store.folder.parent)
+    assert run(tiny_spec(), again, train=False).record("val", ShotThresholds(1000, 1))["few"] != 0
+
+
+def test_a_stored_run_is_read_back_not_trained(store):
+    first = run(tiny_spec(), store, progress=False)
+    assert first.trained_now
+    second = run(tiny_spec(), store, progress=False)
+    assert not second.trained_now and second.entry == first.entry
+    with pytest.raises(LookupError, match="not in .*python -m ltlib sweep"):
+        run(tiny_spec(seed=5), store, train=False)
+
+
+def test_an_entry_holds_config_history_confusions_and_provenance(store):
+    stored = run(tiny_spec("cdb_ce", epochs=3, test_every=2), store, progress=False).entry
+    assert stored["spec"]["method"] == "cdb_ce" and stored["spec"]["train"]["epochs"] == 3
+    assert set(stored["result"]["confusion"]) == {"val", "last"}
+    assert len(stored["result"]["history"]) == 3 and "test_top1" in stored["result"]["history"][1]
+    assert {"git_commit", "versions", "device", "threads", "wall_s"} <= set(stored["provenance"])
+    assert len(json.dumps(stored)) < 100_000
+
+
+# ------------------------------------------------------------------------------------------------ kills
+
+def test_a_run_killed_after_its_last_checkpoint_finishes_on_the_next_call(store, monkeypatch):
+    reference = run(tiny_spec(epochs=3), RunStore("quick", store.folder.parent / "ref"), progress=False)
+    original = RunStore.put
+
+    def killed(self, entry):  # the process dies once the last checkpoint is written, before the entry is
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunStore, "put", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_spec(epochs=3), store, progress=False)
+    monkeypatch.setattr(RunStore, "put", original)
+    finished = run(tiny_spec(epochs=3), store, progress=False)
+    assert finished.entry["provenance"]["resumed"]
+    assert finished.result["confusion"] == reference.result["confusion"]
+    assert finished.result["history"] == reference.result["history"]
+
+
+KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_run_store import tiny_spec
+from ltlib.experiment import run
+from ltlib.store import RunStore
+run(tiny_spec(epochs=6), RunStore("quick", {root!r}), progress=False)
+"""
+
+
+@pytest.mark.parametrize("kill_after_epoch", [0, 3])
+def test_a_run_killed_mid_training_resumes_to_the_same_numbers(tmp_path, kill_after_epoch, isolated_cache):
+    import torch
+
+    from ltlib.experiment import checkpoint_path
+
+    reference = run(tiny_spec(epochs=6), RunStore("quick", tmp_path / "ref"), progress=False)
+    root = str(tmp_path / "runs")
+    script = KILL_SCRIPT.format(tests=os.path.dirname(__file__), root=root)
+    process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "LTLIB_CACHE": str(isolated_cache)})
+    checkpoint = checkpoint_path(tiny_spec(epochs=6).key())
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if checkpoint.exists():
+            try:
+                if torch.load(checkpoint, weights_only=False)["epoch"] >= kill_after_epoch:
+                    break
+            except Exception:  # caught mid-rename: try again
+                pass
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    store = RunStore("quick", root)
+    resumed = run(tiny_spec(epochs=6), store, progress=False)
+    assert resumed.result["confusion"] == reference.result["confusion"]
+    assert resumed.result["history"] == reference.result["history"]
+    assert np.array_equal(resumed.confusion("val"), reference.confusion("val"))
