@@ -8,6 +8,8 @@ KERNEL       := ltlib
 NOTEBOOKS    := $(sort $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.ipynb))))
 ENV_STAMP    := $(VENV)/.ltlib-env
 PYTEST_FLAGS ?=
+WORKERS      ?= 2
+EXECUTOR     ?= local
 
 export MPLBACKEND ?= Agg
 # glibc hands freed blocks above its mmap/trim thresholds back to the kernel, so every CPU training step
@@ -16,7 +18,8 @@ export MPLBACKEND ?= Agg
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
 
-.PHONY: help env test test-unit reproduce notebooks lab benchmark benchmark-meta clean distclean $(NOTEBOOKS)
+.PHONY: help env test test-unit reproduce notebooks runs report figures-index lab benchmark benchmark-meta clean \
+        distclean $(NOTEBOOKS)
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
@@ -29,43 +32,55 @@ $(ENV_STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch and torchvision first, pinned as a matching pair: a torch wheel without its torchvision breaks `import torchvision`.
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt torch torchvision
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[notebooks,test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[notebooks,test,cluster]'
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (ltlib)" >/dev/null
 	$(PY) -c "import torch, torchvision; print('torch', torch.__version__, '| torchvision', torchvision.__version__)"
 	@touch $@
 
-test: $(ENV_STAMP)  ## unit tests and nbval over notebooks/ (quick profile)
-	$(PY) -m pytest tests notebooks --nbval-lax --nbval-kernel-name $(KERNEL) \
+# The test run trains the quick runs into a scratch store (LTLIB_RUNS), so nbval exercises the whole pipeline,
+# training included, however many quick runs runs/quick/ already holds.
+test: $(ENV_STAMP)  ## unit tests, the paper-profile smoke test, the report test and nbval over notebooks/ (quick)
+	@store=$$(mktemp -d); trap 'rm -rf "$$store"' EXIT; \
+	LTLIB_RUNS=$$store $(PY) -m pytest tests notebooks --nbval-lax --nbval-kernel-name $(KERNEL) \
 	    --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider $(PYTEST_FLAGS)
 
 test-unit: $(ENV_STAMP)  ## unit tests only
-	$(PY) -m pytest tests -p no:cacheprovider $(PYTEST_FLAGS)
+	@store=$$(mktemp -d); trap 'rm -rf "$$store"' EXIT; \
+	LTLIB_RUNS=$$store $(PY) -m pytest tests -p no:cacheprovider $(PYTEST_FLAGS)
 
-executed/$(PROFILE) results/$(PROFILE):
-	@mkdir -p $@
+$(NOTEBOOKS): %: $(ENV_STAMP)  ## (one target per notebook) execute it under PROFILE into executed/PROFILE/
+	$(PY) -m ltlib notebook $@ --profile $(PROFILE)
 
-$(NOTEBOOKS): %: $(ENV_STAMP) | executed/$(PROFILE)  ## (one target per notebook) run it under PROFILE
-	$(PY) -m papermill notebooks/$@.ipynb executed/$(PROFILE)/$@.ipynb -k $(KERNEL) --cwd notebooks \
-	    -f params/$(PROFILE)/$@.yaml --request-save-on-cell-execute
+reproduce: $(ENV_STAMP)  ## execute every notebook under PROFILE (quick | cpu-real | paper); goes on past a failure
+	@failed=(); for nb in $(NOTEBOOKS); do \
+	    $(MAKE) --no-print-directory $$nb PROFILE=$(PROFILE) || failed+=($$nb); done; \
+	$(PY) -m ltlib index-figures >/dev/null; \
+	if [ $${#failed[@]} -gt 0 ]; then echo "FAILED under $(PROFILE): $${failed[*]}" >&2; exit 1; fi; \
+	echo "executed notebooks: executed/$(PROFILE)/  figures: figures/$(PROFILE)/  results: results/$(PROFILE)/"
 
-reproduce: $(ENV_STAMP)  ## run every notebook under PROFILE (quick | cpu-real | paper)
-	@for nb in $(NOTEBOOKS); do $(MAKE) --no-print-directory $$nb PROFILE=$(PROFILE) || exit $$?; done
-	@echo "executed notebooks: executed/$(PROFILE)/  figures: figures/$(PROFILE)/  results: results/$(PROFILE)/"
+runs: $(ENV_STAMP)  ## train every run the notebooks of PROFILE need into runs/PROFILE/ (WORKERS=2, EXECUTOR=local|ray)
+	$(PY) -m ltlib sweep params/$(PROFILE)/*.yaml --workers $(WORKERS) --executor $(EXECUTOR)
 
 notebooks: $(ENV_STAMP)  ## re-execute notebooks/ in place with their quick defaults (the outputs nbval checks)
-	@for nb in $(NOTEBOOKS); do $(PY) -m papermill notebooks/$$nb.ipynb notebooks/$$nb.ipynb -k $(KERNEL) --cwd notebooks || exit $$?; done
+	@for nb in $(NOTEBOOKS); do $(PY) -m ltlib notebook $$nb --profile quick --output notebooks/$$nb.ipynb || exit $$?; done
+
+report: $(ENV_STAMP)  ## render executed/PROFILE/ into a static site under site/PROFILE/
+	$(PY) -m ltlib report --profile $(PROFILE)
+
+figures-index: $(ENV_STAMP)  ## regenerate figures/INDEX.md from the figures' sidecars
+	$(PY) -m ltlib index-figures
 
 lab: $(ENV_STAMP)  ## open JupyterLab on notebooks/
 	$(VENV)/bin/jupyter lab notebooks
 
-benchmark: $(ENV_STAMP)  ## throughput of the device-resident data path against a DataLoader pipeline
+benchmark: $(ENV_STAMP)  ## seconds per cpu-real epoch, the old way against the new one, and data-path throughput
 	$(PY) benchmarks/throughput.py
 
 benchmark-meta: $(ENV_STAMP)  ## seconds per step of Difficulty-Net's meta step against a plain step
 	$(PY) benchmarks/meta_step.py
 
-clean:  ## remove executed quick/paper notebooks, caches and Python bytecode (keeps results, figures, .venv)
-	rm -rf executed/quick executed/paper cache .pytest_cache
+clean:  ## remove executed quick/paper notebooks, caches and Python bytecode (keeps runs, results, figures, .venv)
+	rm -rf executed/quick executed/paper cache site .pytest_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
 distclean: clean  ## also remove the virtual environment

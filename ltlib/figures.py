@@ -5,7 +5,8 @@
 * no timestamps in the files, so the same inputs give the same bytes;
 * a sidecar ``<name>.json`` that describes the files beside it: caption, notebook, profile, the commit of
   the code that drew it, the run keys and results file the data came from, the seeds shown, and the
-  files' sha256 (written last, so a sidecar whose hashes disagree with its files is a set being replaced);
+  files' sha256. The set is written so that a sidecar, when present, always matches its files
+  (:func:`ltlib.io.atomic_write_set`); stale temporary files of killed writers are removed first;
 * in a notebook, the figure is displayed where it is made, with its caption and the paths to cite.
 
 ``figures/INDEX.md`` (:func:`write_index`) lists every figure with its caption, notebook and profile.
@@ -21,7 +22,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-from .io import atomic_write_set, atomic_write_text, dumps
+from .io import atomic_write_set, atomic_write_text, dumps, remove_stale_temporaries
 from .paths import ROOT, figures_dir
 from .provenance import git_commit
 
@@ -54,6 +55,7 @@ def save_figure(fig: plt.Figure, name: str, *, profile: str, notebook: str, capt
     ``run_keys``: the store entries whose numbers it draws; ``results``: the results file holding them.
     """
     folder = figures_dir(profile, notebook)
+    remove_stale_temporaries(folder)
     commit = git_commit()
     keys = sorted(set(run_keys))
     digest = hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:12]

@@ -55,12 +55,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_set(files: Mapping[str | os.PathLike, bytes]) -> None:
-    """Write several files so that none is replaced before all are staged; the last one named goes last.
+    """Write several files that describe each other; the last one named (a sidecar) is always true to the rest.
 
-    Each file is written to a temporary sibling first; only then are they renamed into place, in order,
-    the last key of ``files`` last (put the sidecar that describes the others there). A kill while
-    staging leaves the old set untouched; a kill while renaming leaves at most a set whose sidecar still
-    describes the previous files, which the sidecar's hashes reveal.
+    Every file is staged to a temporary sibling first (a kill then leaves the old set untouched). Then the old
+    sidecar is removed, the other files are renamed into place, and the new sidecar is renamed last. At every
+    moment the sidecar is either absent (the set is being replaced; the next write completes it) or describes
+    exactly the files beside it.
     """
     staged: list[tuple[str, Path]] = []
     try:
@@ -76,6 +76,7 @@ def atomic_write_set(files: Mapping[str | os.PathLike, bytes]) -> None:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
+        staged[-1][1].unlink(missing_ok=True)
         for tmp, target in staged:
             os.replace(tmp, target)
     except BaseException:
@@ -86,12 +87,12 @@ def atomic_write_set(files: Mapping[str | os.PathLike, bytes]) -> None:
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, older_than: float = STALE_TMP_SECONDS) -> list[Path]:
-    """Delete ``.*.tmp`` files left in ``folder`` (recursively) by writers that were killed."""
+    """Delete temporary files (``.*.tmp``, ``.*.running.ipynb``) left in ``folder`` (recursively) by killed writers."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     now, removed = time.time(), []
-    for path in folder.rglob(f".*{TMP_SUFFIX}"):
+    for path in [*folder.rglob(f".*{TMP_SUFFIX}"), *folder.rglob(".*.running.ipynb")]:
         try:
             if now - path.stat().st_mtime > older_than:
                 path.unlink()

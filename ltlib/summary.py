@@ -26,61 +26,69 @@ def _records(study: Study, *roles: str) -> list[dict]:
     return [r for role in roles for r in (study.records(role) if available(study, role) else [])]
 
 
-def _setting(study: Study) -> dict:
+def _setting(study: Study, dataset: str | None = None, imbalance: float | None = None) -> dict:
     c = study.config
-    return {"data": ", ".join(f"{s} IF {i:g}" for s in c.sources for i in c.imbalances), "protocol": c.protocol,
+    data = f"{dataset} IF {imbalance:g}" if dataset else ", ".join(f"{s} IF {i:g}" for s in c.sources for i in c.imbalances)
+    return {"data": data, "protocol": c.protocol,
             "schedule": f"{c.epochs} of {RECIPES[c.recipe].epochs} epochs ({c.recipe} recipe), {c.model}",
             "seeds": len(c.seeds)}
 
 
-def _paper_number(paper: str, method: str, study: Study) -> tuple[str, str, str]:
+def _paper_number(paper: str, method: str, study: Study, dataset: str, imbalance: float) -> tuple[str, str, str]:
     c = study.config
-    row = best_match(paper, method, c.sources[0], c.imbalances[0])
+    row = best_match(paper, method, dataset, imbalance)
     if row is None:
         return "–", "–", "no published number for this method"
     where = f"{row['dataset']} IF {row['imbalance']:g}, {row['model']}, {row['epochs']} ep ({row['source']})"
-    return (f"{row['top1']:.2f}", where, comparability(row, dataset=c.sources[0], imbalance=c.imbalances[0],
+    return (f"{row['top1']:.2f}", where, comparability(row, dataset=dataset, imbalance=imbalance,
                                                        protocol=c.protocol, model=c.model, epochs=c.epochs))
 
 
+CLAIMS = [
+    ("Baselines (Cao et al.; Ren et al.)", "01_baselines", ("main",), "baselines", "balanced_softmax", "ce", "few",
+     "Balanced Softmax has better few-shot accuracy than CE"),
+    ("CDB loss (Sinha et al., ACCV 2020)", "02_cdb_loss", ("main",), "cdb", "cdb_ce", "ce", "top1",
+     "CDB-CE has a higher top-1 than CE"),
+    ("Difficulty-Net (Sinha & Ohashi, WACV 2023)", "03_difficulty_net", ("main", "stage2"), "difficulty_net",
+     "difficulty_net + las_lws", "ce + las_lws", "top1",
+     "Difficulty-Net (+ stage 2) has a higher top-1 than CE (+ stage 2)"),
+    ("DLSA (Xu et al., ECCV 2022)", "04_dlsa", ("dlsa",), "dlsa", "ce + dlsa1", "ce + bsm", "top1",
+     "DLSA on CE features beats the same Balanced-Softmax classifier without division"),
+    ("Intra-/inter-category balance (Zhang et al., ICASSP 2022) — reconstruction", "05_intra_inter_balance", ("main",),
+     "intra_inter", "intra_inter", "ce", "few", "intra_inter raises few-shot accuracy over CE (tail raised)"),
+]
+
+
 def claim_rows(studies: dict[str, Study]) -> pd.DataFrame:
-    """One row per paper: the claim, what ran, our number ± std, the paper's number, comparability, the verdict."""
-    specs = [
-        ("Baselines (Cao et al.; Ren et al.)", "01_baselines", ("main",), "baselines", "balanced_softmax", "ce", "few",
-         "Balanced Softmax has better few-shot accuracy than CE"),
-        ("CDB loss (Sinha et al., ACCV 2020)", "02_cdb_loss", ("main",), "cdb", "cdb_ce", "ce", "top1",
-         "CDB-CE has a higher top-1 than CE"),
-        ("Difficulty-Net (Sinha & Ohashi, WACV 2023)", "03_difficulty_net", ("main", "stage2"), "difficulty_net",
-         "difficulty_net + las_lws", "ce + las_lws", "top1", "Difficulty-Net (+ stage 2) has a higher top-1 than CE (+ stage 2)"),
-        ("DLSA (Xu et al., ECCV 2022)", "04_dlsa", ("dlsa",), "dlsa", "ce + dlsa1", "ce + bsm", "top1",
-         "DLSA on CE features beats the same Balanced-Softmax classifier without division"),
-        ("Intra-/inter-category balance (Zhang et al., ICASSP 2022) — reconstruction", "05_intra_inter_balance", ("main",),
-         "intra_inter", "intra_inter", "ce", "few", "intra_inter raises few-shot accuracy over CE (tail raised)"),
-    ]
+    """One row per paper and data set: the claim, what ran, our number ± std, the paper's, comparability, verdict."""
     rows = []
-    for paper, notebook, roles, key, method, baseline, metric, claim in specs:
+    for paper, notebook, roles, key, method, baseline, metric, claim in CLAIMS:
         study = studies[notebook]
-        records = _records(study, *roles)
-        setting = _setting(study)
-        if notebook == "04_dlsa":
-            records = [r for r in records if r["selected_on"] == "val"]
-        ours = [r[metric] for r in select(records, method=method, selected_on="val")]
-        if not records or not ours:
-            rows.append({"paper": paper, "claim": claim, **setting, "ours": "not run", "baseline": "–",
-                         "paired diff": "–", "paper's number": "–", "paper's setting": "–", "comparable?": "–",
-                         "verdict": "not run"})
-            continue
-        c = compare(records, method, baseline, metric)
-        if key in NOT_AVAILABLE:
-            number, where, comparable = "not available", NOT_AVAILABLE[key], "–"
-        else:
-            number, where, comparable = _paper_number(key, method if metric == "top1" else baseline, study)
-            if metric != "top1":
-                where = f"(top-1 of {baseline}, for scale) {where}"
-        rows.append({"paper": paper, "claim": claim, **setting, "ours": f"{metric} {mean_std(ours)}",
-                     "baseline": f"{baseline} {mean_std([r[metric] for r in select(records, method=baseline, selected_on='val')])}",
-                     "paired diff": f"{c.mean:+.2f} (95% CI ±{c.half_width:.2f})" if c.n > 1 else f"{c.mean:+.2f} (1 seed)",
-                     "paper's number": number, "paper's setting": where, "comparable?": comparable, "verdict": c.verdict})
+        records = [r for r in _records(study, *roles) if r["selected_on"] == "val"]
+        groups = sorted({(r["dataset"], r["imbalance"]) for r in records}) or [(None, None)]
+        for dataset, imbalance in groups:
+            subset = select(records, dataset=dataset, imbalance=imbalance) if dataset else []
+            ours = [r[metric] for r in select(subset, method=method)]
+            setting = _setting(study, dataset, imbalance)
+            if not ours:
+                rows.append({"paper": paper, "claim": claim, **setting, "ours": "not run", "baseline": "–",
+                             "paired diff": "–", "paper's number": "–", "paper's setting": "–", "comparable?": "–",
+                             "verdict": "not run"})
+                continue
+            c = compare(subset, method, baseline, metric)
+            if key in NOT_AVAILABLE:
+                number, where, comparable = "not available", NOT_AVAILABLE[key], "–"
+            else:
+                number, where, comparable = _paper_number(key, method if metric == "top1" else baseline, study, dataset,
+                                                          imbalance)
+                if metric != "top1":
+                    where = f"(top-1 of {baseline}, for scale) {where}"
+            rows.append({"paper": paper, "claim": claim, **setting, "ours": f"{metric} {mean_std(ours)}",
+                         "baseline": f"{baseline} {mean_std([r[metric] for r in select(subset, method=baseline)])}",
+                         "paired diff": f"{c.mean:+.2f} (95% CI ±{c.half_width:.2f})" if c.n > 1 else
+                         (f"{c.mean:+.2f} (1 seed)" if c.n else "–"),
+                         "paper's number": number, "paper's setting": where, "comparable?": comparable,
+                         "verdict": c.verdict})
     return pd.DataFrame(rows)
 
 
@@ -102,14 +110,16 @@ def cross_tables(studies: dict[str, Study]) -> dict[str, pd.DataFrame]:
         if not records:
             continue
         study = studies[parts[0][0]]
-        rows = []
-        for method in dict.fromkeys(r["method"] for r in records):
-            mine = select(records, method=method)
-            baseline = "ce + las_lws" if method.endswith("+ las_lws") else ("ce + bsm" if "+ dlsa" in method else "ce")
-            c = compare(records, method, baseline, "top1") if method != baseline else None
-            rows.append({"method": method, "notebook": mine[0]["notebook"],
-                         **{g: mean_std([r[g] for r in mine]) for g in ("top1", "many", "medium", "few")},
-                         "vs": baseline if c else "–", "top-1 diff": f"{c.mean:+.2f}" if c and c.n else "–",
-                         "verdict": c.verdict if c else "–", "seeds": len({r["seed"] for r in mine})})
-        tables[f"{title}: {_setting(study)['data']}, {_setting(study)['schedule']}"] = pd.DataFrame(rows)
+        for dataset, imbalance in sorted({(r["dataset"], r["imbalance"]) for r in records}):
+            subset = select(records, dataset=dataset, imbalance=imbalance)
+            rows = []
+            for method in dict.fromkeys(r["method"] for r in subset):
+                mine = select(subset, method=method)
+                baseline = "ce + las_lws" if method.endswith("+ las_lws") else ("ce + bsm" if "+ dlsa" in method else "ce")
+                c = compare(subset, method, baseline, "top1") if method != baseline else None
+                rows.append({"method": method, "notebook": mine[0]["notebook"],
+                             **{g: mean_std([r[g] for r in mine]) for g in ("top1", "many", "medium", "few")},
+                             "vs": baseline if c else "–", "top-1 diff": f"{c.mean:+.2f}" if c and c.n else "–",
+                             "verdict": c.verdict if c else "–", "seeds": len({r["seed"] for r in mine})})
+            tables[f"{title}: {dataset} IF {imbalance:g}, {_setting(study)['schedule']}"] = pd.DataFrame(rows)
     return tables

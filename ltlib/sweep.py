@@ -79,9 +79,16 @@ def estimate(item: Planned) -> Estimate:
     return Estimate(METHOD_COST.get(spec.method.name, 1.0) * images / rate + evaluation, basis)
 
 
-def collect(paths: Iterable[str | Path], overrides: dict | None = None) -> tuple[str, list[Planned]]:
-    """The merged plan of the notebooks whose parameter files are ``paths`` (one profile)."""
+def collect(paths: Iterable[str | Path], overrides: dict | None = None,
+            only: Iterable[str] = ()) -> tuple[str, list[Planned]]:
+    """The merged plan of the notebooks whose parameter files are ``paths`` (one profile).
+
+    ``only``: keep the entries some notebook wants under a role or name containing one of these words (an entry
+    two parts share, e.g. a run of the schedule study that is also a main run, is kept if either matches).
+    """
     items: dict[str, Planned] = {}
+    wanted: set[str] = set()
+    words = [w for w in only if w]
     profiles = set()
     for path in map(Path, paths):
         values = read_params_file(path)
@@ -90,11 +97,13 @@ def collect(paths: Iterable[str | Path], overrides: dict | None = None) -> tuple
         config = config_class(path.stem).load(profile, overrides, params_dir=path.parent.parent)
         for item in config.plan():
             items.setdefault(item.key, item)
+            if not words or any(w in item.role or w in item.name for w in words):
+                wanted.add(item.key)
     if len(profiles) > 1:
         raise ValueError(f"a sweep covers one profile; these files are of {sorted(profiles)}")
     if not profiles:
         raise ValueError("no parameter files given")
-    return profiles.pop(), list(items.values())
+    return profiles.pop(), [item for key, item in items.items() if key in wanted]
 
 
 def _with_parents(items: list[Planned], store: RunStore) -> list[Planned]:
@@ -342,10 +351,7 @@ def main(argv: list[str]) -> int:
                         help="override a parameter in every file (as papermill -p)")
     args = parser.parse_args(argv)
     overrides = {name: parse_value(value) for name, value in args.p}
-    profile, items = collect(args.files, overrides or None)
-    if args.only:
-        words = [w for w in args.only.split(",") if w]
-        items = [p for p in items if any(w in p.role or w in p.name for w in words)]
+    profile, items = collect(args.files, overrides or None, (args.only or "").split(","))
     store = RunStore(profile)
     print(describe(items, store), flush=True)
     if args.dry_run:

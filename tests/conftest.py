@@ -22,9 +22,11 @@ USER_CACHE = os.environ.get("LTLIB_CACHE")
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch) -> Path:
-    """``$LTLIB_CACHE`` -> a fresh folder under tmp_path, so no cache lands in the repository."""
+    """``$LTLIB_CACHE`` and ``$LTLIB_RUNS`` -> fresh folders under tmp_path: no test writes into the repository's
+    cache or run store."""
     cache = tmp_path / "ltlib-cache"
     monkeypatch.setenv("LTLIB_CACHE", str(cache))
+    monkeypatch.setenv("LTLIB_RUNS", str(tmp_path / "ltlib-runs"))
     monkeypatch.delenv("LTLIB_DOWNLOAD", raising=False)
     monkeypatch.delenv("LTLIB_VERIFY_MD5", raising=False)
     return cache

@@ -1,0 +1,84 @@
+"""The sweep runner: the same store entries through a notebook's path, a local process pool and Ray."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ltlib.paths import ROOT
+from ltlib.store import RunStore
+from ltlib.studies import BaselinesNotebook, DifficultyNetNotebook, Study
+from ltlib.sweep import collect, describe, estimate, execute
+
+
+def small_configs():
+    baselines = BaselinesNotebook.load("quick", {"methods": ["ce", "balanced_softmax"], "seeds": [0],
+                                                 "schedule_epochs": [], "precision_epochs": 0, "epochs": 3,
+                                                 "milestones": [2], "drw_epoch": 2})
+    difficulty = DifficultyNetNotebook.load("quick", {"methods": ["ce"], "seeds": [0], "epochs": 3, "milestones": [2],
+                                                      "stage2_epochs": 2})
+    return [baselines, difficulty]
+
+
+def results_of(store: RunStore) -> dict:
+    return {key: store.get(key)["result"] for key in store.keys()}
+
+
+def test_pool_and_ray_sweeps_write_what_notebook_execution_writes(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    configs = small_configs()
+    items = [item for config in configs for item in config.plan()]
+    stores = {}
+    for name in ("notebook", "pool", "ray"):
+        monkeypatch.setenv("LTLIB_CACHE", str(tmp_path / f"cache-{name}"))  # no checkpoint is shared between paths
+        store = stores[name] = RunStore("quick", tmp_path / name)
+        if name == "notebook":
+            for config in configs:
+                Study(config, store).ensure(workers=1, progress=False)
+        else:
+            execute(items, store, workers=2, executor="local" if name == "pool" else "ray", progress=False)
+    assert len(stores["notebook"].keys()) == len({item.key for item in items}) == 4  # 3 runs (ce shared) + 1 stage
+    reference = results_of(stores["notebook"])
+    assert results_of(stores["pool"]) == reference
+    assert results_of(stores["ray"]) == reference
+
+
+def test_a_sweep_skips_what_the_store_holds(tmp_path):
+    config = small_configs()[0]
+    store = RunStore("quick", tmp_path)
+    first = execute(config.plan(), store, progress=False)
+    assert len(first) == 2
+    assert execute(config.plan(), store, progress=False) == []
+
+
+def test_a_stage_whose_parent_is_missing_trains_the_parent_first(tmp_path):
+    stage = [p for p in small_configs()[1].plan() if p.is_stage]
+    store = RunStore("quick", tmp_path)
+    written = execute(stage, store, progress=False)
+    assert set(written) == {stage[0].key, stage[0].spec.parent.key()}
+
+
+def test_the_dry_run_lists_every_run_with_a_cost_estimate(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTLIB_RUNS", str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "ltlib", "sweep", *sorted(map(str, (ROOT / "params" / "cpu-real").glob("0[1-5]*.yaml"))),
+                          "--dry-run"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    profile, items = collect(sorted((ROOT / "params" / "cpu-real").glob("0[1-5]*.yaml")))
+    assert profile == "cpu-real"
+    assert out.count("to do") == len(items) and "h of one worker" in out
+    assert all(estimate(p).seconds > 0 for p in items)
+    keys = [p.key for p in items]
+    assert len(keys) == len(set(keys))  # a run two notebooks share is listed once
+
+
+def test_a_sweep_covers_one_profile():
+    with pytest.raises(ValueError, match="one profile"):
+        collect([ROOT / "params" / "quick" / "01_baselines.yaml", ROOT / "params" / "cpu-real" / "01_baselines.yaml"])
+
+
+def test_describe_marks_what_is_done(tmp_path):
+    config = small_configs()[0]
+    store = RunStore("quick", tmp_path)
+    execute(config.plan()[:1], store, progress=False)
+    text = describe(config.plan(), store)
+    assert text.count("done ") == 1 and text.count("to do") == 1
