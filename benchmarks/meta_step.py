@@ -1,8 +1,8 @@
 """Seconds per training step of Difficulty-Net (exact and as released) against a plain cross-entropy step.
 
-What is timed is one iteration of ``fit``'s inner loop: ``method.compute_loss`` (for Difficulty-Net the
-whole meta step: virtual step, meta batch, JVP, Adam update of the network), ``zero_grad``,
-``backward`` and the SGD step. ResNet-32, batch 128, meta batch 100, random 32×32 images, so the
+What is timed is :meth:`ltlib.train.Trainer.step`, the training loop's own step: ``method.compute_loss``
+(for Difficulty-Net the whole meta step: virtual step, meta batch, JVP, Adam update of the network),
+``zero_grad``, ``backward`` and the SGD step. ResNet-32, batch 128, meta batch 100, random 32×32 images, so the
 numbers are the cost of the step and not of any data set. The validation split has 100 random images
 per class, a multiple of the meta batch, so every meta batch is full. Reported: the median over
 ``--steps`` steps after ``--warmup`` steps, and its ratio to the plain step. Results go to
@@ -23,11 +23,15 @@ from pathlib import Path
 
 import torch
 
-from ltlib.data import DeviceBatches, ImageSplit, long_tailed_counts
+import numpy as np
+
+from ltlib.data import ImageSplit, LongTailedData, long_tailed_counts
+from ltlib.io import write_json
 from ltlib.methods import build_method
 from ltlib.models import resnet32
 from ltlib.paths import ROOT
-from ltlib.records import provenance, write_json
+from ltlib.provenance import provenance
+from ltlib.train import TrainConfig, Trainer
 
 METHODS = ("ce", "difficulty_net_as_released", "difficulty_net")
 
@@ -43,31 +47,28 @@ def random_split(count: int, num_classes: int, generator: torch.Generator) -> Im
     return ImageSplit(images, labels)
 
 
-def step_times(name: str, args, device: torch.device, train: DeviceBatches, val: DeviceBatches) -> list[float]:
+def step_times(name: str, args, data: LongTailedData) -> list[float]:
     torch.manual_seed(0)
     counts = long_tailed_counts(500, args.classes, 100)  # only the loss's class statistics; the data is random
     options = {} if name == "ce" else {"meta_batch_size": args.meta_batch_size}
     method = build_method(name, counts, **options)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = resnet32(args.classes).to(device, memory_format=memory_format).train()
-    method.to(device)
-    generator = torch.Generator(device=device).manual_seed(0)
-    method.attach(train=train, val=val, generator=generator, config=None)
-    method.current_lr = 0.1
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+    config = TrainConfig(epochs=1, batch_size=args.batch_size, lr=0.1, weight_decay=2e-4, warmup_epochs=0,
+                         milestones=(), channels_last=args.channels_last, amp=args.amp,
+                         compile=args.compile if name == "ce" else "none")
+    trainer = Trainer(resnet32(args.classes), method, data, config, device=args.device, seed=0)
+    trainer.set_epoch(0)
+    trainer.model.train()
+    device = trainer.device
 
     def batches():
         while True:
-            yield from train.epoch(args.batch_size, generator, drop_last=True)
+            yield from trainer.batches["train"].epoch(args.batch_size, trainer.generator, drop_last=True)
 
     times = []
     for step, (images, labels) in zip(range(args.warmup + args.steps), batches()):
         synchronize(device)
         started = time.perf_counter()
-        loss, _ = method.compute_loss(model, images, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        trainer.step(images, labels)
         synchronize(device)
         if step >= args.warmup:
             times.append(time.perf_counter() - started)
@@ -84,6 +85,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bfloat16 autocast")
+    parser.add_argument("--compile", default="none", help="torch.compile mode of the plain step (ce only)")
     parser.add_argument("--out", type=Path, default=None,
                         help="result file (default results/benchmarks/meta_step-<device>.json)")
     args = parser.parse_args()
@@ -93,18 +96,20 @@ def main() -> None:
     data_generator = torch.Generator().manual_seed(0)
     train_split = random_split(args.batch_size * 4, args.classes, data_generator)
     val_split = random_split(100 * args.classes, args.classes, data_generator)
-    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    train = DeviceBatches(train_split, mean, std, device, crop_padding=4, flip=True, channels_last=args.channels_last)
-    val = DeviceBatches(val_split, mean, std, device, channels_last=args.channels_last)
+    empty = ImageSplit(torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
+    data = LongTailedData("random", "none", 100.0, "exp", [str(c) for c in range(args.classes)], train_split,
+                          val_split, empty, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), True, 4,
+                          np.arange(len(train_split)), np.arange(len(val_split)))
 
     result = {"model": "resnet32", "classes": args.classes, "batch_size": args.batch_size,
               "meta_batch_size": args.meta_batch_size, "steps": args.steps, "warmup": args.warmup,
               "threads": torch.get_num_threads(), "device": args.device, "channels_last": args.channels_last,
+              "amp": args.amp, "compile": args.compile,
               "step_s": {}, "median_step_s": {}, "ratio_to_plain": {},
               # glibc allocator settings (the Makefile sets them); they change the timings, not the results
               "malloc_env": {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}}
     for name in METHODS:
-        times = step_times(name, args, device, train, val)
+        times = step_times(name, args, data)
         result["step_s"][name] = [round(t, 5) for t in times]
         result["median_step_s"][name] = round(statistics.median(times), 5)
     plain = result["median_step_s"]["ce"]

@@ -27,7 +27,8 @@ from torch import nn
 from ltlib.data import DeviceBatches, load_long_tailed
 from ltlib.models import build_model
 from ltlib.paths import ROOT
-from ltlib.records import provenance, write_json
+from ltlib.io import write_json
+from ltlib.provenance import provenance
 
 
 class PILDataset(torch.utils.data.Dataset):

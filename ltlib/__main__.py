@@ -5,6 +5,7 @@ notebook          execute one notebook under a profile: parameters validated fir
 sync-parameters   rewrite every notebook's parameters cell from its configuration class
 index-figures     write figures/INDEX.md from the figures' sidecars
 report            render the executed notebooks of a profile into a static site (see ``ltlib.report``)
+readme            rewrite the README's results section from the committed results files
 """
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         from .figures import write_index
 
         print("wrote", write_index())
+        return 0
+    if command == "readme":
+        from .readme import update
+
+        print("rewrote the results section of", update())
         return 0
     if command == "report":
         from .report import main as report

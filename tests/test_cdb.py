@@ -104,3 +104,21 @@ def test_weights_come_from_the_validation_split_every_epoch_never_the_test_split
         from_test = cdb_weights(np.asarray(h["test_per_class"], dtype=float) / 100, 1.5)
         np.testing.assert_allclose(w, from_val, atol=1e-5)
         assert not np.allclose(w, from_test, atol=1e-3)
+
+
+def test_difficulty_nets_cdb_baseline_normalises_the_difficulty_before_the_dynamic_tau():
+    """hitachi-rd-cv/Difficulty_Net feeds CDB_loss d' = C·d/Σd: fixed τ gives the same weights, the dynamic τ not."""
+    accuracy = np.array([0.9, 0.6, 0.3, 0.1])
+    difficulty = 1 - accuracy
+    normalised = difficulty * 4 / difficulty.sum()
+    np.testing.assert_allclose(cdb_weights(accuracy, 1.5, difficulty_input="normalised"), cdb_weights(accuracy, 1.5))
+    bias = (1 - normalised.min()) / (1 - normalised.max() + 0.01)
+    tau = 1 / (1 + np.exp(-bias))
+    expected = normalised ** tau
+    np.testing.assert_allclose(cdb_weights(accuracy, "sigmoid", difficulty_input="normalised"),
+                               expected * 4 / expected.sum(), rtol=1e-12)
+    assert not np.allclose(cdb_weights(accuracy, "sigmoid", difficulty_input="normalised"), cdb_weights(accuracy))
+    method = build_method("cdb_ce_normalised", [5, 3, 2, 1])
+    method.on_epoch_end(0, accuracy)
+    np.testing.assert_allclose(method.class_weight(), cdb_weights(accuracy, "sigmoid", difficulty_input="normalised"),
+                               rtol=1e-6)

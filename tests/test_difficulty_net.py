@@ -250,3 +250,23 @@ def test_fit_as_released(digits):
     result, method = run(digits, "difficulty_net_as_released")
     assert len(result.history) == 2 and all(e["meta_cross_entropy"] is None for e in method.epoch_log)
     assert result.history[0]["class_weight"] != result.history[1]["class_weight"]
+
+
+def test_as_released_with_balanced_softmax_reproduces_the_broadcast_of_the_released_loss():
+    """The released ImageNet-LT stage 1 multiplies a (B,) weight vector by BalancedSoftmax's (B, 1, 1) output: the
+    mean of the (B, 1, B) product is mean(w)·mean(ℓ). as_released reproduces it; exact keeps mean(w·ℓ)."""
+    counts = [50, 20, 5]
+    torch.manual_seed(0)
+    logits, targets = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    released = build_method("difficulty_net_as_released", counts, base="balanced_softmax")
+    exact = build_method("difficulty_net", counts, base="balanced_softmax")
+    released.val_accuracy = exact.val_accuracy = torch.tensor([0.9, 0.5, 0.1])
+    model = torch.nn.Identity()
+    weights = released.current_weights()[targets]
+    per_sample = released.loss.per_sample(logits, targets)
+    official = (weights * per_sample[:, None, None]).mean()  # the released shapes: (B,) * (B, 1, 1)
+    loss, _ = released.compute_loss(model, logits, targets)
+    assert torch.allclose(loss, official) and torch.allclose(loss, weights.mean() * per_sample.mean())
+    exact_loss, _ = exact.compute_loss(model, logits, targets)
+    assert torch.allclose(exact_loss, (exact.current_weights()[targets] * per_sample).mean())
+    assert not torch.allclose(loss, exact_loss)

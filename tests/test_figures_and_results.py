@@ -110,3 +110,9 @@ def test_every_committed_record_resolves_in_the_run_store(path):
     assert keys and keys <= set(payload["runs"])
     for key in keys:
         assert store.get(key) is not None, f"{path.name}: record of run {key} has no entry in runs/cpu-real/"
+
+
+def test_the_readme_results_section_is_generated_from_the_committed_results():
+    from ltlib.readme import current_block, results_block
+
+    assert current_block() == results_block(), "run `python -m ltlib readme` after the results change"

@@ -166,3 +166,32 @@ def test_a_corrupt_checkpoint_is_named_with_the_fix(digits, tmp_path):
     checkpoint.write_bytes(b"not a checkpoint")
     with pytest.raises(CorruptFileError, match=r"checkpoint .*run\.pt cannot be read.*delete it"):
         train(digits, config=small_config(epochs=1), checkpoint=checkpoint)
+
+
+def test_the_compiled_step_equals_the_eager_step(digits):
+    """torch.compile of the plain step (opt-in) gives the eager numbers within float tolerance."""
+    config = small_config(epochs=1, test_every=0)
+    data = digits
+    results = {}
+    for mode in ("none", "default"):
+        torch.manual_seed(0)
+        from ltlib.train import Trainer
+
+        trainer = Trainer(build_model("small_cnn", 10, in_channels=1), build_method("ce", data.train_counts), data,
+                          TrainConfig(**{**config.__dict__, "compile": mode}), seed=0)
+        trainer.set_epoch(0)
+        trainer.model.train()
+        losses = [trainer.step(images, labels)[0] for _, (images, labels) in
+                  zip(range(3), trainer.batches["train"].epoch(64, trainer.generator))]
+        results[mode] = (torch.stack(losses), [p.detach().clone() for p in trainer.model.parameters()])
+    torch.testing.assert_close(results["default"][0], results["none"][0], rtol=1e-4, atol=1e-5)
+    for compiled, eager in zip(results["default"][1], results["none"][1]):
+        torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-4)
+
+
+def test_compiling_a_meta_learning_step_is_refused(digits):
+    from ltlib.train import Trainer
+
+    with pytest.raises(ConfigError, match="plain step only"):
+        Trainer(build_model("small_cnn", 10, in_channels=1), build_method("difficulty_net", digits.train_counts),
+                digits, small_config(compile="default"))

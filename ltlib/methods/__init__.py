@@ -65,6 +65,8 @@ METHODS: dict[str, MethodEntry] = {
     "logit_adjust": _loss_method("logit_adjust", summary="logit-adjusted CE (Menon et al. 2021)"),
     "cdb_ce": _class_method(CDBMethod, summary="CDB loss with CE (Sinha et al. 2020)"),
     "cdb_focal": _class_method(CDBMethod, base="focal", summary="CDB loss with focal (Sinha et al. 2020)"),
+    "cdb_ce_normalised": _class_method(CDBMethod, difficulty="normalised",
+                                       summary="CDB-CE as Difficulty-Net's code feeds it (normalised difficulty)"),
     "difficulty_net": _class_method(DifficultyNetMethod, summary="Difficulty-Net, exact bi-level (Sinha & Ohashi 2023)"),
     "difficulty_net_as_released": _class_method(
         DifficultyNetMethod, mode="as_released", summary="Difficulty-Net as the released code trains it"),
