@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def prepare() -> None:
-    from ltlib.io import atomic_write_bytes
     from ltlib.data import load_long_tailed
+    from ltlib.io import atomic_write_bytes
 
     data = load_long_tailed("cifar10-jpeg", 100, "ldam")
     keep = np.concatenate([np.flatnonzero(data.test.labels.numpy() == c)[:200] for c in range(10)])

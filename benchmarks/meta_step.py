@@ -21,9 +21,8 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 import numpy as np
+import torch
 
 from ltlib.data import ImageSplit, LongTailedData, long_tailed_counts
 from ltlib.io import write_json

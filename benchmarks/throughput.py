@@ -17,17 +17,15 @@ of the training split, and the ratio device / dataloader. Results go to
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
-import numpy as np
 import torch
 from torch import nn
 
 from ltlib.data import DeviceBatches, load_long_tailed
+from ltlib.io import write_json
 from ltlib.models import build_model
 from ltlib.paths import ROOT
-from ltlib.io import write_json
 from ltlib.provenance import provenance
 
 

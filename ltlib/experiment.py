@@ -16,7 +16,7 @@ import dataclasses
 import json
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -234,47 +234,3 @@ def load_trained_model(spec: RunSpec, store: RunStore, device: str = "cpu", *, p
     model = build_model(spec.model, data.num_classes, in_channels=data.train.images.shape[1], head=spec.method.head)
     model.load_state_dict(state["trainer"]["model"])
     return model.to(device).eval()
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """A post-hoc computation on a finished run: its kind, its options (JSON values), its seed and its parent."""
-
-    kind: str
-    options: tuple = field(default=())
-    parent: RunSpec | None = None
-    seed: int = 0
-    device: str = "cpu"
-
-    @classmethod
-    def make(cls, kind: str, options: dict, parent: RunSpec, seed: int = 0, device: str = "cpu") -> "StageSpec":
-        return cls(kind, tuple(sorted(options.items())), parent, int(seed), device)
-
-    @property
-    def kwargs(self) -> dict:
-        return dict(self.options)
-
-    def identity(self) -> dict:
-        from .stages import STAGES
-
-        if self.kind not in STAGES:
-            raise ValueError(f"unknown stage {self.kind!r}; choose one of {sorted(STAGES)}")
-        return {"v": STAGES[self.kind].version, "kind": self.kind, "options": _jsonable(self.kwargs),
-                "parent": self.parent.key(), "seed": self.seed, "device": device_type(self.device)}
-
-    def key(self) -> str:
-        return sha256_hex(json.dumps(self.identity(), sort_keys=True, default=str))[:16]
-
-    def describe(self) -> dict:
-        return {"kind": self.kind, "options": _jsonable(self.kwargs), "seed": self.seed, "device": self.device,
-                "parent_key": self.parent.key(), "parent": self.parent.describe()}
-
-
-def _jsonable(value):
-    if dataclasses.is_dataclass(value):
-        return _jsonable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value

@@ -229,16 +229,6 @@ def injected_names(history: list[str]) -> set[str]:
     return names
 
 
-def config_class(notebook: str):
-    """The configuration class of notebook ``NN_name``."""
-    from . import studies
-
-    for cls in studies.CONFIGS:
-        if cls.NOTEBOOK == notebook:
-            return cls
-    raise ParameterError(f"no notebook {notebook!r}; the notebooks are {[c.NOTEBOOK for c in studies.CONFIGS]}")
-
-
 def parse_value(text: str) -> Any:
     """A ``-p name value`` value as papermill reads it (numbers, booleans; YAML for lists)."""
     return yaml.safe_load(text)

@@ -8,22 +8,25 @@ from pathlib import Path
 
 from .paths import ROOT
 
-
-OUTPUTS = ("runs", "results", "figures", "executed")  # what ltlib writes: never makes the code "dirty"
+OUTPUTS = ("runs", "results", "figures", "executed", "README.md")  # what ltlib writes: never makes code "dirty"
 
 
 @lru_cache(maxsize=1)
 def git_commit() -> str:
-    """HEAD commit of the code, with ``-dirty`` when a tracked source file differs from it.
+    """The commit of the code: the last commit that changed anything but ltlib's outputs, ``-dirty`` when a
+    tracked source file differs from it.
 
-    Outputs (run store, results, figures, executed notebooks) are not code; a notebook counts as changed
-    only when a cell's source differs from HEAD's, not when its outputs do (re-executing it rewrites them).
+    Outputs (run store, results, figures, executed notebooks, the README's generated results) are not code, so
+    committing them does not change the commit an artefact names, and re-making an artefact from a fresh clone
+    gives the same bytes. A notebook counts as changed only when a cell's source differs from HEAD's, not when its
+    outputs do (re-executing it rewrites them).
     """
     def git(*args) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
 
     try:
-        commit = git("rev-parse", "HEAD").strip()
+        excluded = [f":(exclude){path}" for path in OUTPUTS]
+        commit = git("log", "-1", "--format=%H", "--", ".", *excluded).strip() or git("rev-parse", "HEAD").strip()
         changed = [line[3:].strip() for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 from .io import remove_stale_temporaries
-from .notebook import ParameterError, config_class, parse_value, read_params_file
+from .notebook import ParameterError, parse_value, read_params_file
 from .paths import ROOT
+from .studies import config_class
 
 KERNEL = "ltlib"
 

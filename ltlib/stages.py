@@ -17,19 +17,23 @@ Each stores what its notebook shows and nothing larger: per-class histograms ins
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from .experiment import Run, RunSpec, StageSpec, cached_data, checkpoint_path, load_trained_model, make_records, run
+from .experiment import Run, RunSpec, cached_data, checkpoint_path, load_trained_model, make_records, run
 from .features import FeatureSet, feature_set, load_feature_set, save_feature_set, split_logits
+from .io import sha256_hex
 from .metrics import ShotThresholds, confusion_matrix, shot_thresholds
 from .provenance import provenance
-from .runtime import cpu_threads
+from .runtime import cpu_threads, device_type
 from .store import RunStore
 
 
@@ -62,6 +66,79 @@ class Backbone:
         features = feature_set(self.model(), self.data, views=views, seed=seed, device=self.device)
         save_feature_set(path, features)
         return features.to(self.device)
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """Features from files instead of a trained run (``feature_{train,val,test}.h5``, e.g. the official DLSA
+    ImageNet-LT features): the parent of stages that need features only. Its key is a fingerprint of the files."""
+
+    folder: str
+    source: str = "features"   # the data set they describe (many / few thresholds are the data set's)
+    seed: int = 0
+    cpu_threads: int | None = None
+
+    def fingerprint(self) -> dict:
+        out = {}
+        for path in sorted(Path(self.folder).glob("feature_*.h5")):
+            size = path.stat().st_size
+            with open(path, "rb") as fh:
+                head = fh.read(1 << 20)
+                fh.seek(max(size - (1 << 20), 0))
+                tail = fh.read()
+            out[path.name] = {"size": size, "sha256_ends": sha256_hex(head + tail)[:16]}
+        if not out:
+            raise FileNotFoundError(f"no feature_*.h5 files in {self.folder}; a feature folder holds feature_train.h5, "
+                                    "feature_val.h5 and feature_test.h5 with datasets 'features' and 'labels'")
+        return out
+
+    def key(self) -> str:
+        return sha256_hex(json.dumps({"features": self.fingerprint(), "source": self.source}, sort_keys=True))[:16]
+
+    @property
+    def train_counts(self) -> list[int]:
+        return _feature_train_counts(str(Path(self.folder) / "feature_train.h5"))
+
+    @property
+    def data(self):
+        from .experiment import DataSpec
+
+        counts = [c for c in self.train_counts if c > 0]
+        return DataSpec(self.source, float(max(counts) / min(counts)), "feature files")
+
+    def features(self) -> FeatureSet:
+        from .features import load_feature_folder
+
+        return load_feature_folder(self.folder)
+
+    def describe(self) -> dict:
+        data = self.data
+        return {"data": {"source": data.source, "imbalance": data.imbalance, "protocol": data.protocol},
+                "feature_folder": self.folder, "files": self.fingerprint()}
+
+
+@lru_cache(maxsize=8)
+def _feature_train_counts(path: str) -> list[int]:
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        labels = np.asarray(handle["labels"])
+    return np.bincount(labels).tolist()
+
+
+class FeatureBackbone:
+    """The :class:`Backbone` of a :class:`FeatureSource`: features, and no model."""
+
+    def __init__(self, source: FeatureSource, device: str = "cpu"):
+        self.spec, self.device = source, device
+
+    def features(self, views: int = 1, seed: int = 0) -> FeatureSet:
+        if views != 1:
+            raise ValueError("feature files hold one view of the training set")
+        return self.spec.features()
+
+    def model(self):
+        raise ValueError(f"stage needs a trained model, but its parent is a folder of feature files ({self.spec.folder})")
 
 
 @dataclass(frozen=True)
@@ -222,6 +299,49 @@ def _weight_sharing(backbone: Backbone, options: dict, seed: int) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class StageSpec:
+    """A post-hoc computation on a finished run: its kind, its options (JSON values), its seed and its parent."""
+
+    kind: str
+    options: tuple = field(default=())
+    parent: RunSpec | FeatureSource | None = None
+    seed: int = 0
+    device: str = "cpu"
+
+    @classmethod
+    def make(cls, kind: str, options: dict, parent: RunSpec | FeatureSource, seed: int = 0,
+             device: str = "cpu") -> "StageSpec":
+        return cls(kind, tuple(sorted(options.items())), parent, int(seed), device)
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.options)
+
+    def identity(self) -> dict:
+        if self.kind not in STAGES:
+            raise ValueError(f"unknown stage {self.kind!r}; choose one of {sorted(STAGES)}")
+        return {"v": STAGES[self.kind].version, "kind": self.kind, "options": _jsonable(self.kwargs),
+                "parent": self.parent.key(), "seed": self.seed, "device": device_type(self.device)}
+
+    def key(self) -> str:
+        return sha256_hex(json.dumps(self.identity(), sort_keys=True, default=str))[:16]
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "options": _jsonable(self.kwargs), "seed": self.seed, "device": self.device,
+                "parent_key": self.parent.key(), "parent": self.parent.describe()}
+
+
+def _jsonable(value):
+    if dataclasses.is_dataclass(value):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
 STAGES: dict[str, StageKind] = {
     "classifier": StageKind(_classifier, version=1),
     "dlsa": StageKind(_dlsa, version=1),
@@ -254,15 +374,20 @@ class StageRun:
 
 def stage_entry(spec: StageSpec, store: RunStore) -> dict:
     kind = STAGES[spec.kind]
-    parent = run(spec.parent, store, progress=False)
-    backbone = Backbone(spec.parent, store, spec.device)
+    if isinstance(spec.parent, FeatureSource):
+        backbone = FeatureBackbone(spec.parent, spec.device)
+        train_counts, epochs = spec.parent.train_counts, None
+    else:
+        parent = run(spec.parent, store, progress=False)
+        backbone = Backbone(spec.parent, store, spec.device)
+        train_counts, epochs = parent.train_counts, spec.parent.train.epochs
     started = time.perf_counter()
     with cpu_threads(spec.parent.cpu_threads if torch.device(spec.device).type == "cpu" else None):
         result = kind.compute(backbone, spec.kwargs, spec.seed)
         prov = provenance(spec.device)
-    result["train_counts"] = parent.train_counts
+    result["train_counts"] = train_counts
     return {"key": spec.key(), "kind": f"stage:{spec.kind}", "identity": spec.identity(), "spec": spec.describe(),
-            "seed": spec.seed, "epochs": spec.parent.train.epochs, "parent_key": spec.parent.key(),
+            "seed": spec.seed, "epochs": epochs, "parent_key": spec.parent.key(),
             "result": result, "provenance": {**prov, "wall_s": round(time.perf_counter() - started, 1)}}
 
 

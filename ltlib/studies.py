@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from .data import PROTOCOLS, SOURCES
-from .experiment import DataSpec, RunSpec, StageSpec
+from .experiment import DataSpec, RunSpec
 from .io import file_lock, write_json
 from .methods import MethodRef
 from .metrics import ShotThresholds, shot_thresholds
@@ -27,9 +27,9 @@ from .models import MODELS
 from .notebook import NotebookConfig, ParameterError, param
 from .paths import ROOT, cache_dir, results_dir
 from .runtime import DeviceError, parse_device, resolve_device
+from .stages import StageSpec
 from .store import RunStore
 from .train import COMPILE_MODES, SCHEDULES, TrainConfig
-
 
 # ------------------------------------------------------------------------------------------------ recipes
 
@@ -348,6 +348,7 @@ class DLSANotebook(TrainingConfig):
     crt_epochs: int = param(10, "cRT baseline epochs", min=1)
     feature_folder: str = param("", "a folder of feature_{train,val,test}.h5 files (under $LTLIB_DATA if relative); "
                                 "empty: the CIFAR backbones above")
+    feature_dataset: str = param("imagenet-lt", "the data set the feature files describe (its many / few thresholds)")
 
     def check(self) -> None:
         super().check()
@@ -367,7 +368,24 @@ class DLSANotebook(TrainingConfig):
         options.pop("seed")
         return options
 
+    def feature_source(self):
+        from .paths import data_root
+        from .stages import FeatureSource
+
+        folder = Path(self.feature_folder).expanduser()
+        folder = folder if folder.is_absolute() else data_root() / folder
+        return FeatureSource(str(folder), self.feature_dataset, cpu_threads=self.cpu_threads)
+
     def plan(self) -> list[Planned]:
+        if self.feature_folder:  # features from files: DLSA and its Balanced-Softmax baseline, no backbone to train
+            source = self.feature_source()
+            source.key()  # an absent or empty folder fails here, naming it, before anything runs
+            name = Path(source.folder).name
+            return [Planned(StageSpec.make("dlsa", self.dlsa_options(depth, latent), source, seed, self.device),
+                            f"{name} + bsm" if depth == 0 else f"{name} + dlsa{depth}{'' if latent else ', z=x'}", "dlsa",
+                            (("backbone", name), ("depth", depth), ("latent", latent)))
+                    for seed in self.dlsa_seeds for depth in [0, *self.depths]
+                    for latent in ([True] if depth == 0 else [True, False])]
         backbones = self.grid(role="backbone")
         items = list(backbones)
         crt = {"trainable": "fc", "loss": "ce", "smooth_head": None, "smooth_tail": None, "epochs": self.crt_epochs,
@@ -502,9 +520,15 @@ class Study:
         return path
 
 
-def study_for(notebook: str, profile: str, overrides: dict | None = None) -> Study:
-    from .notebook import config_class
+def config_class(notebook: str):
+    """The configuration class of notebook ``NN_name``."""
+    for cls in CONFIGS:
+        if cls.NOTEBOOK == notebook:
+            return cls
+    raise ParameterError(f"no notebook {notebook!r}; the notebooks are {[c.NOTEBOOK for c in CONFIGS]}")
 
+
+def study_for(notebook: str, profile: str, overrides: dict | None = None) -> Study:
     return Study(config_class(notebook).load(profile, overrides))
 
 

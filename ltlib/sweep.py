@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .experiment import RunSpec, StageSpec
-from .notebook import config_class, read_params_file
+from .experiment import RunSpec
+from .notebook import read_params_file
+from .stages import StageSpec
 from .store import RunStore
-from .studies import Planned
+from .studies import Planned, config_class
 
 # Training throughput, images per second, by (device type, model, bf16 autocast, CPU threads).
 # CPU rows: measured on this project's 2-core CPU machine (AVX-512 BF16), ResNet-32 batch 128, channels-last,
@@ -111,12 +112,16 @@ def _with_parents(items: list[Planned], store: RunStore) -> list[Planned]:
     keys = {p.key for p in items}
     extra = []
     for item in items:
-        if item.is_stage:
+        if item.is_stage and isinstance(item.spec.parent, RunSpec):
             parent = item.spec.parent
             if parent.key() not in keys and parent.key() not in store:
                 extra.append(Planned(parent, str(parent.method), "parent"))
                 keys.add(parent.key())
     return extra + items
+
+
+def _parent_ready(item: Planned, store: RunStore) -> bool:
+    return not isinstance(item.spec.parent, RunSpec) or item.spec.parent.key() in store
 
 
 class _DetachedStore(RunStore):
@@ -228,7 +233,7 @@ def _execute_pool(todo: list[Planned], store: RunStore, *, workers: int, executo
         with _bar(len(todo), progress) as bar:
             def launch(item: Planned) -> None:
                 handed = {}
-                if item.is_stage:
+                if item.is_stage and isinstance(item.spec.parent, RunSpec):
                     parent = store.get(item.spec.parent.key())
                     if parent is not None:
                         handed[parent["key"]] = parent
@@ -236,7 +241,7 @@ def _execute_pool(todo: list[Planned], store: RunStore, *, workers: int, executo
 
             for item in ready:
                 launch(item)
-            for item in [p for p in pending_stages if p.spec.parent.key() in store]:
+            for item in [p for p in pending_stages if _parent_ready(p, store)]:
                 pending_stages.remove(item)
                 launch(item)
             while in_flight:
@@ -249,7 +254,7 @@ def _execute_pool(todo: list[Planned], store: RunStore, *, workers: int, executo
                             written.append(entry["key"])
                     bar.set_postfix_str(f"{item.name} seed {getattr(item.spec, 'seed', '')}", refresh=False)
                     bar.update(1)
-                for stage in [p for p in pending_stages if p.spec.parent.key() in store]:
+                for stage in [p for p in pending_stages if _parent_ready(p, store)]:
                     pending_stages.remove(stage)
                     launch(stage)
             if pending_stages:  # a parent failed to appear: compute the stages here, training it if need be

@@ -68,6 +68,38 @@ def verdict_sentence(comparison: Comparison, claim: str) -> str:
     return f"{claim}: {word} — {comparison.sentence()}."
 
 
+LABELS = {"ce": "CE", "focal": "Focal", "cb": "Class-balanced", "cb_focal": "CB-Focal", "ce_drw": "CE-DRW",
+          "ldam": "LDAM", "ldam_drw": "LDAM-DRW", "balanced_softmax": "Balanced Softmax", "logit_adjust": "Logit adjustment",
+          "cdb_ce": "CDB-CE", "cdb_focal": "CDB-Focal", "cdb_ce_normalised": "CDB-CE (normalised difficulty)",
+          "difficulty_net": "Difficulty-Net (exact)", "difficulty_net_as_released": "Difficulty-Net (as released)",
+          "ghm": "GHM-C", "intra_inter": "intra + inter"}
+OPTION_LABELS = {"tau=sigmoid": "τ = σ(b)", "tau=2sigmoid": "τ = 2σ(b−1)", "inter=false": "intra only",
+                 "intra=false": "inter only", "target=absolute": "absolute target", "driver_weight=0": "no driver loss"}
+STAGE_LABELS = {"las_lws": "LAS + LWS", "lws": "LWS", "crt": "cRT", "bsm": "BSM"}
+
+
+def label(name: str) -> str:
+    """A method's name as a reader expects it in a legend: ``cdb_ce:tau=2sigmoid + las_lws`` -> ``CDB-CE, τ = 2σ(b−1) +
+    LAS + LWS``; tables keep the identifiers, which name the runs."""
+    base, *stages = [part.strip() for part in name.split(" + ")]
+    method, _, options = base.partition(":")
+    text = LABELS.get(method, method)
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        if method == "intra_inter" and option in ("inter=false", "intra=false"):
+            text = OPTION_LABELS[option]  # one part switched off: the other one alone
+            continue
+        text += ", " + OPTION_LABELS.get(option, f"{'τ' if key == 'tau' else key.replace('_', ' ')} = {value}")
+    for stage in stages:
+        stage, _, extra = stage.partition(",")
+        if stage.startswith("dlsa"):
+            word = f"DLSA (depth {stage[4:]})"
+        else:
+            word = STAGE_LABELS.get(stage, stage)
+        text += f" + {word}" + (f", {extra.strip().replace('z=x', 'z = x')}" if extra else "")
+    return text
+
+
 def delta_text(value: float, digits: int = 1) -> str:
     return "–" if value != value else f"{value:+.{digits}f}"
 
@@ -79,4 +111,5 @@ def names(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-__all__ = ["context", "delta_text", "fmt", "in_notebook", "names", "say", "seeds_text", "show", "verdict_sentence"]
+__all__ = ["context", "delta_text", "fmt", "in_notebook", "label", "names", "say", "seeds_text", "show",
+           "verdict_sentence"]

@@ -6,9 +6,8 @@ or the data set is not there; all other test data is written by the tests into `
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest

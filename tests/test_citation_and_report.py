@@ -1,7 +1,6 @@
 """Citing and reading: a valid CITATION.cff, a bibliography of every method used, and the rendered report in a browser."""
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ltlib.paths import ROOT
+
 
 def test_citation_file_is_valid_cff_1_2():
     import os

@@ -15,9 +15,19 @@ import pytest
 import torch
 
 from ltlib import data as ltdata
-from ltlib.data import (CIFAR10_CLASSES, DataError, DataNotFoundError, DeviceBatches, ImageSplit, class_counts,
-                        load_long_tailed, load_split_file_set, long_tailed_counts, read_split_file,
-                        select_long_tailed)
+from ltlib.data import (
+    CIFAR10_CLASSES,
+    DataError,
+    DataNotFoundError,
+    DeviceBatches,
+    ImageSplit,
+    class_counts,
+    load_long_tailed,
+    load_split_file_set,
+    long_tailed_counts,
+    read_split_file,
+    select_long_tailed,
+)
 
 # --------------------------------------------------------------------------------------------
 # Helpers: independent re-implementations and tiny made-up data sets

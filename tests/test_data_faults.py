@@ -6,10 +6,10 @@ import shutil
 
 import numpy as np
 import pytest
+from test_data import _mnist_arrays, make_cifar10_jpeg_tree, write_idx
 
 from ltlib.data import CIFAR10_CLASSES, DataError, load_long_tailed
 from ltlib.io import CorruptFileError
-from test_data import _mnist_arrays, make_cifar10_jpeg_tree, write_idx
 
 
 @pytest.fixture

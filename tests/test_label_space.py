@@ -9,9 +9,20 @@ import torch
 from torch.autograd.functional import jacobian
 
 from ltlib.features import FeatureSet
-from ltlib.label_space import (MADE, ClassifierConfig, DLSAConfig, FlowConfig, FlowGMM, class_pair_weights,
-                               cluster_purity, draw_pairs, fit_dlsa, head_tail_separation,
-                               merge_stage_predictions, train_flow)
+from ltlib.label_space import (
+    MADE,
+    ClassifierConfig,
+    DLSAConfig,
+    FlowConfig,
+    FlowGMM,
+    class_pair_weights,
+    cluster_purity,
+    draw_pairs,
+    fit_dlsa,
+    head_tail_separation,
+    merge_stage_predictions,
+    train_flow,
+)
 
 
 def flow_with_nontrivial_statistics(dim: int = 3, clusters: int = 4) -> FlowGMM:

@@ -5,8 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-from ltlib.models import (MODELS, NormedLinear, build_model, count_parameters, make_head, prior_bias_init_,
-                          resnet32, small_cnn)
+from ltlib.models import (
+    MODELS,
+    NormedLinear,
+    build_model,
+    count_parameters,
+    make_head,
+    prior_bias_init_,
+    resnet32,
+    small_cnn,
+)
 
 
 def resnet32_parameters_by_hand(num_classes: int, in_channels: int = 3) -> int:

@@ -9,8 +9,16 @@ import yaml
 
 from ltlib.notebook import PROFILES, ParameterError, injected_names
 from ltlib.paths import ROOT
-from ltlib.studies import (CONFIGS, RECIPES, BaselinesNotebook, CDBNotebook, DataNotebook, DifficultyNetNotebook,
-                           DLSANotebook, Study)
+from ltlib.studies import (
+    CONFIGS,
+    RECIPES,
+    BaselinesNotebook,
+    CDBNotebook,
+    DataNotebook,
+    DifficultyNetNotebook,
+    DLSANotebook,
+    Study,
+)
 
 NOTEBOOKS = {cls.NOTEBOOK: cls for cls in CONFIGS}
 

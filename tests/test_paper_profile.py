@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from fakedata import write_cifar
+
 from ltlib.paths import ROOT
 from ltlib.runner import execute
 from ltlib.store import RunStore

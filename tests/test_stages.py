@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ltlib.experiment import DataSpec, RunSpec, StageSpec, checkpoint_path, run
+from ltlib.experiment import DataSpec, RunSpec, checkpoint_path, run
 from ltlib.label_space import DLSAConfig, head_tail_separation, separation_from_summary
 from ltlib.methods import MethodRef
-from ltlib.stages import Backbone, pairwise_more_likely, run_stage, stage_options
+from ltlib.stages import Backbone, StageSpec, pairwise_more_likely, run_stage, stage_options
 from ltlib.store import RunStore
 from ltlib.train import TrainConfig
 from ltlib.two_stage import Stage2Config
@@ -106,3 +106,30 @@ def test_a_dlsa_stage_stores_histograms_not_samples(store):
 def test_an_unknown_stage_is_named():
     with pytest.raises(ValueError, match="unknown stage 'bogus'"):
         StageSpec.make("bogus", {}, parent()).key()
+
+
+def test_dlsa_on_feature_files_needs_no_backbone(tmp_path):
+    """The paper profile's ImageNet-LT route: features from files, DLSA and its baseline as stages of the files."""
+    import h5py
+
+    from ltlib.studies import DLSANotebook, Study
+
+    folder = tmp_path / "features" / "imagenet-lt-ce-r50"
+    folder.mkdir(parents=True)
+    generator = np.random.default_rng(0)
+    for split, per_class in (("train", [80, 40, 20, 10, 5]), ("val", [4] * 5), ("test", [10] * 5)):
+        labels = np.repeat(np.arange(5), per_class)
+        with h5py.File(folder / f"feature_{split}.h5", "w") as handle:
+            handle["features"] = (generator.normal(size=(len(labels), 8)) + labels[:, None]).astype(np.float32)
+            handle["labels"] = labels
+    config = DLSANotebook.load("quick", {"feature_folder": str(folder), "depths": [1], "dlsa_seeds": [0],
+                                         "num_clusters": 5, "flow_epochs": 2, "classifier_epochs": 2})
+    study = Study(config, RunStore("quick", tmp_path / "runs"))
+    assert all(p.is_stage for p in study.items)
+    study.ensure(progress=False)
+    records = study.records("dlsa")
+    assert {r["method"] for r in records} == {"imagenet-lt-ce-r50 + bsm", "imagenet-lt-ce-r50 + dlsa1",
+                                              "imagenet-lt-ce-r50 + dlsa1, z=x"}
+    assert {r["dataset"] for r in records} == {"imagenet-lt"} and all(0 <= r["top1"] <= 100 for r in records)
+    with pytest.raises(FileNotFoundError, match="no feature_"):
+        DLSANotebook.load("quick", {"feature_folder": str(tmp_path / "absent")}).plan()
