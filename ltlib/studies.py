@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from .data import PROTOCOLS, SOURCES
+from .executor import Planned, execute
 from .experiment import DataSpec, RunSpec
 from .io import file_lock, write_json
 from .methods import MethodRef
@@ -62,28 +63,6 @@ RECIPES = {
     "cdb": Recipe("cdb", 240, (160, 210), 0, None, "hitachi-rd-cv/CDB-loss CIFAR-LT/cifar_train.py"),
 }
 
-
-# ------------------------------------------------------------------------------------------------ plans
-
-@dataclass(frozen=True)
-class Planned:
-    """One entry a notebook shows: the run or stage, its name in tables, and the part that uses it."""
-
-    spec: RunSpec | StageSpec
-    name: str
-    role: str = "main"
-    meta: tuple = ()
-
-    @property
-    def key(self) -> str:
-        return self.spec.key()
-
-    @property
-    def is_stage(self) -> bool:
-        return isinstance(self.spec, StageSpec)
-
-    def info(self, name: str, default=None):
-        return dict(self.meta).get(name, default)
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -458,8 +437,6 @@ class Study:
 
     def ensure(self, workers: int | None = None, progress: bool = True) -> list[Planned]:
         """Train / compute what the store lacks (``workers`` processes; default the config's) and return it."""
-        from .sweep import execute
-
         missing = self.missing()
         if missing:
             device = getattr(self.config, "device", "cpu")

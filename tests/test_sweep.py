@@ -9,7 +9,8 @@ import pytest
 from ltlib.paths import ROOT
 from ltlib.store import RunStore
 from ltlib.studies import BaselinesNotebook, DifficultyNetNotebook, Study
-from ltlib.sweep import collect, describe, estimate, execute
+from ltlib.executor import execute
+from ltlib.sweep import collect, describe, estimate
 
 
 def small_configs():

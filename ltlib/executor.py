@@ -1,0 +1,250 @@
+"""Computing what the store lacks: in this process, in a local process pool, or as Ray tasks.
+
+:func:`execute` takes plan entries (:class:`Planned`: a training run or a post-hoc stage, with its name and the part
+of a notebook that uses it) and computes the ones the store lacks. A stage starts as soon as the run it depends on is
+in the store (a missing parent is added). Workers compute and return store entries; this process writes them into the
+store, so results made on any machine land in the same ``runs/<profile>/`` folder.
+
+* local, one worker: in this process (what a notebook does by default);
+* local, N workers: spawned processes, one thread each on CPU as the runs' identity says; on GPUs, workers are spread
+  round-robin over the visible devices (several per GPU when N exceeds their number);
+* Ray: tasks on a cluster (``address``; default a local instance), with fractional GPUs (``gpus_per_run``).
+"""
+from __future__ import annotations
+
+import concurrent.futures as futures
+import multiprocessing
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .experiment import RunSpec
+from .stages import StageSpec
+from .store import RunStore
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One entry a notebook shows: the run or stage, its name in tables, and the part that uses it."""
+
+    spec: RunSpec | StageSpec
+    name: str
+    role: str = "main"
+    meta: tuple = ()
+
+    @property
+    def key(self) -> str:
+        return self.spec.key()
+
+    @property
+    def is_stage(self) -> bool:
+        return isinstance(self.spec, StageSpec)
+
+    def info(self, name: str, default=None):
+        return dict(self.meta).get(name, default)
+
+
+def _with_parents(items: list[Planned], store: RunStore) -> list[Planned]:
+    """Add the runs that stages start from and that neither the store nor the list holds."""
+    keys = {p.key for p in items}
+    extra = []
+    for item in items:
+        if item.is_stage and isinstance(item.spec.parent, RunSpec):
+            parent = item.spec.parent
+            if parent.key() not in keys and parent.key() not in store:
+                extra.append(Planned(parent, str(parent.method), "parent"))
+                keys.add(parent.key())
+    return extra + items
+
+
+def _parent_ready(item: Planned, store: RunStore) -> bool:
+    return not isinstance(item.spec.parent, RunSpec) or item.spec.parent.key() in store
+
+
+class _DetachedStore(RunStore):
+    """A worker's view of the store: reads the folder (and entries handed over), keeps what it writes."""
+
+    def __init__(self, profile: str, root: str, handed: dict[str, dict]):
+        super().__init__(profile, Path(root).parent)
+        self.handed, self.written = dict(handed), []
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.handed or super().__contains__(key)
+
+    def get(self, key: str):
+        return self.handed.get(key) or super().get(key)
+
+    def put(self, entry: dict) -> Path:
+        from .store import FORMAT, checksum
+
+        entry = {**entry, "format": FORMAT}
+        entry["checksum"] = checksum(entry)
+        self.handed[entry["key"]] = entry
+        self.written.append(entry)
+        return self.path(entry["key"])
+
+
+def _compute(spec, profile: str, folder: str, handed: dict) -> list[dict]:
+    """In a worker: compute ``spec`` (a run or a stage) and return the store entries it made."""
+    from .experiment import run
+    from .stages import run_stage
+
+    store = _DetachedStore(profile, folder, handed)
+    if isinstance(spec, StageSpec):
+        run_stage(spec, store)
+    else:
+        run(spec, store, progress=False)
+    return store.written
+
+
+_GPU_SLOT = None
+
+
+def _init_worker(counter, gpus: int) -> None:
+    """Give each local worker one visible GPU, round-robin, before torch initialises CUDA."""
+    global _GPU_SLOT
+    with counter.get_lock():
+        _GPU_SLOT = counter.value
+        counter.value += 1
+    if gpus > 0:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(_GPU_SLOT % gpus)
+
+
+def _visible_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def execute(items: list[Planned], store: RunStore, *, workers: int = 1, executor: str = "local",
+            progress: bool = True, address: str | None = None, gpus_per_run: float = 0.0,
+            cpus_per_run: int = 1) -> list[str]:
+    """Compute every item the store lacks; returns the keys written. Stages wait for their parent runs."""
+    todo = [p for p in _with_parents(items, store) if p.key not in store]
+    if not todo:
+        return []
+    if executor not in ("local", "ray"):
+        raise ValueError(f"unknown executor {executor!r}; choose 'local' or 'ray'")
+    if executor == "local" and workers <= 1:
+        return _execute_inline(todo, store, progress)
+    return _execute_pool(todo, store, workers=workers, executor=executor, progress=progress, address=address,
+                         gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run)
+
+
+def _bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="runs", file=sys.stderr, ascii=True, ncols=100, mininterval=5,
+                disable=not enabled, leave=False)
+
+
+def _execute_inline(todo: list[Planned], store: RunStore, progress: bool) -> list[str]:
+    from .experiment import run
+    from .stages import run_stage
+
+    written = []
+    ordered = [p for p in todo if not p.is_stage] + [p for p in todo if p.is_stage]
+    with _bar(len(ordered), progress) as bar:
+        for item in ordered:
+            bar.set_postfix_str(f"{item.name} seed {getattr(item.spec, 'seed', '')}", refresh=False)
+            run_stage(item.spec, store) if item.is_stage else run(item.spec, store, progress=False)
+            written.append(item.key)
+            bar.update(1)
+    return written
+
+
+def _execute_pool(todo: list[Planned], store: RunStore, *, workers: int, executor: str, progress: bool,
+                  address: str | None, gpus_per_run: float, cpus_per_run: int) -> list[str]:
+    pending_stages = [p for p in todo if p.is_stage]
+    ready = [p for p in todo if not p.is_stage]
+    written: list[str] = []
+    if executor == "ray":
+        submit, wait, shutdown = _ray_backend(workers, address, gpus_per_run, cpus_per_run)
+    else:
+        submit, wait, shutdown = _local_backend(workers)
+    in_flight: dict = {}
+    try:
+        with _bar(len(todo), progress) as bar:
+            def launch(item: Planned) -> None:
+                handed = {}
+                if item.is_stage and isinstance(item.spec.parent, RunSpec):
+                    parent = store.get(item.spec.parent.key())
+                    if parent is not None:
+                        handed[parent["key"]] = parent
+                in_flight[submit(item.spec, store.profile, str(store.folder), handed)] = item
+
+            for item in ready:
+                launch(item)
+            for item in [p for p in pending_stages if _parent_ready(p, store)]:
+                pending_stages.remove(item)
+                launch(item)
+            while in_flight:
+                done = wait(list(in_flight))
+                for handle, entries in done:
+                    item = in_flight.pop(handle)
+                    for entry in entries:
+                        if entry["key"] not in store:
+                            store.put(entry)
+                            written.append(entry["key"])
+                    bar.set_postfix_str(f"{item.name} seed {getattr(item.spec, 'seed', '')}", refresh=False)
+                    bar.update(1)
+                for stage in [p for p in pending_stages if _parent_ready(p, store)]:
+                    pending_stages.remove(stage)
+                    launch(stage)
+            if pending_stages:  # a parent failed to appear: compute the stages here, training it if need be
+                for stage in pending_stages:
+                    for entry in _compute(stage.spec, store.profile, str(store.folder), {}):
+                        store.put(entry)
+                        written.append(entry["key"])
+                    bar.update(1)
+    finally:
+        shutdown()
+    return written
+
+
+def _local_backend(workers: int):
+    context = multiprocessing.get_context("spawn")
+    counter = context.Value("i", 0)
+    pool = futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                                       initargs=(counter, _visible_gpus()))
+
+    def submit(spec, profile, folder, handed):
+        return pool.submit(_compute, spec, profile, folder, handed)
+
+    def wait(handles):
+        done, _ = futures.wait(handles, return_when=futures.FIRST_COMPLETED)
+        return [(h, h.result()) for h in done]
+
+    return submit, wait, lambda: pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ray_backend(workers: int, address: str | None, gpus_per_run: float, cpus_per_run: int):
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("the Ray executor needs Ray: pip install 'ltlib[cluster]' (or pip install ray)") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs = {"address": address} if address else {"num_cpus": max(workers * cpus_per_run, 1)}
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
+    options = {"num_cpus": cpus_per_run}
+    if gpus_per_run:
+        options["num_gpus"] = gpus_per_run
+    remote = ray.remote(**options)(_compute)
+
+    def submit(spec, profile, folder, handed):
+        return remote.remote(spec, profile, folder, handed)
+
+    def wait(handles):
+        done, _ = ray.wait(handles, num_returns=1)
+        return [(h, ray.get(h)) for h in done]
+
+    def shutdown():
+        if started_here:
+            ray.shutdown()
+
+    return submit, wait, shutdown
