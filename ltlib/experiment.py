@@ -83,10 +83,10 @@ class RunSpec:
 
 
 @dataclass
-class Run:
-    """A finished run as its store entry holds it."""
+class Entry:
+    """A store entry and the specification it answers (a run or a stage)."""
 
-    spec: RunSpec
+    spec: object
     entry: dict
     trained_now: bool = False
 
@@ -97,6 +97,11 @@ class Run:
     @property
     def result(self) -> dict:
         return self.entry["result"]
+
+
+@dataclass
+class Run(Entry):
+    """A finished training run as its store entry holds it."""
 
     @property
     def history(self) -> list[dict]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .experiment import Run, RunSpec, cached_data, checkpoint_path, load_trained_model, make_records, run
+from .experiment import Entry, Run, RunSpec, cached_data, checkpoint_path, load_trained_model, make_records, run
 from .features import FeatureSet, feature_set, load_feature_set, save_feature_set, split_logits
 from .io import sha256_hex
 from .metrics import ShotThresholds, confusion_matrix, shot_thresholds
@@ -351,18 +351,8 @@ STAGES: dict[str, StageKind] = {
 
 
 @dataclass
-class StageRun:
-    spec: StageSpec
-    entry: dict
-    trained_now: bool = False
-
-    @property
-    def key(self) -> str:
-        return self.entry["key"]
-
-    @property
-    def result(self) -> dict:
-        return self.entry["result"]
+class StageRun(Entry):
+    """A finished stage as its store entry holds it."""
 
     def records(self, name: str, thresholds: ShotThresholds | None = None) -> list[dict]:
         thresholds = thresholds or shot_thresholds(self.spec.parent.data.source)

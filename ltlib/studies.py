@@ -222,19 +222,26 @@ class BaselinesNotebook(TrainingConfig):
 
 
 @dataclasses.dataclass
-class CDBNotebook(TrainingConfig):
-    NOTEBOOK: ClassVar[str] = "02_cdb_loss"
+class CDBRecipeConfig(TrainingConfig):
+    """The official CDB CIFAR recipe's defaults (25 held out per class, batch 32, no decay on the classifier bias),
+    shared by notebooks 02 and 03: Difficulty-Net's CIFAR pipeline is CDB's."""
 
     protocol: str = param("cdb", "long-tail protocol (the official CDB code's: 25 held out per class, first-n)",
                           choices=PROTOCOLS)
-    methods: list[str] = param(["ce", "focal", "cb", "cdb_ce", "cdb_ce:tau=1", "cdb_ce:tau=1.5", "cdb_ce:tau=2sigmoid",
-                                "cdb_focal", "cdb_ce:min_difficulty=0.05"], "methods compared")
     recipe: str = param("cdb", "the paper recipe this schedule is scaled from (ltlib.studies.RECIPES)")
     batch_size: int = param(32, "batch size (official CDB CIFAR code: 32)", min=1)
     milestones: list[int] = param([10, 13], "epochs (0-based) from which lr is multiplied by gamma", min=0,
                                   empty_ok=True)
     warmup_epochs: int = param(0, "linear warm-up epochs", min=0)
     no_bias_decay: bool = param(True, "no weight decay on the classifier bias (official CDB code)")
+
+
+@dataclasses.dataclass
+class CDBNotebook(CDBRecipeConfig):
+    NOTEBOOK: ClassVar[str] = "02_cdb_loss"
+
+    methods: list[str] = param(["ce", "focal", "cb", "cdb_ce", "cdb_ce:tau=1", "cdb_ce:tau=1.5", "cdb_ce:tau=2sigmoid",
+                                "cdb_focal", "cdb_ce:min_difficulty=0.05"], "methods compared")
     baseline: str = param("ce", "the method every CDB variant is compared with")
     weight_methods: list[str] = param(["cdb_ce:tau=1.5", "cdb_ce"], "CDB variants whose weights are drawn")
     mnist_imbalance: float = param(10.0, "imbalanced-MNIST experiment: step profile, half the classes minority",
@@ -271,18 +278,11 @@ class CDBNotebook(TrainingConfig):
 
 
 @dataclasses.dataclass
-class DifficultyNetNotebook(TrainingConfig):
+class DifficultyNetNotebook(CDBRecipeConfig):
     NOTEBOOK: ClassVar[str] = "03_difficulty_net"
 
-    protocol: str = param("cdb", "long-tail protocol (the official pipeline's)", choices=PROTOCOLS)
     methods: list[str] = param(["ce", "cdb_ce", "difficulty_net", "difficulty_net_as_released",
                                 "difficulty_net:target=absolute", "difficulty_net:driver_weight=0"], "methods compared")
-    recipe: str = param("cdb", "the paper recipe this schedule is scaled from (ltlib.studies.RECIPES)")
-    batch_size: int = param(32, "batch size (official CDB CIFAR code: 32)", min=1)
-    milestones: list[int] = param([10, 13], "epochs (0-based) from which lr is multiplied by gamma", min=0,
-                                  empty_ok=True)
-    warmup_epochs: int = param(0, "linear warm-up epochs", min=0)
-    no_bias_decay: bool = param(True, "no weight decay on the classifier bias (official CDB code)")
     stage2_epochs: int = param(10, "stage-2 epochs (official CIFAR: 50, cosine from lr 0.05)", min=1)
     stage2_lr: float = param(0.05, "stage-2 learning rate", min=0)
     stage2_weight_decay: float = param(0.0001, "stage-2 weight decay", min=0)

@@ -116,3 +116,17 @@ def test_the_readme_results_section_is_generated_from_the_committed_results():
     from ltlib.readme import current_block, results_block
 
     assert current_block() == results_block(), "run `python -m ltlib readme` after the results change"
+
+
+EXECUTED = sorted((ROOT / "executed" / "cpu-real").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("path", EXECUTED, ids=lambda p: p.stem)
+def test_every_figure_a_cpu_real_notebook_saves_is_shown_in_it(path):
+    nb = json.loads(path.read_text())
+    images = sum("image/png" in output.get("data", {}) for cell in nb["cells"] for output in cell.get("outputs", []))
+    saved = [p for p in (ROOT / "figures" / "cpu-real" / path.stem).glob("*.json")
+             if json.loads(p.read_text())["notebook"] == path.stem]
+    assert images == len(saved), f"{path.name}: {images} inline images, {len(saved)} figures saved"
+    errors = [o for cell in nb["cells"] for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
