@@ -7,7 +7,8 @@ The data are the cpu-real ones (CIFAR-10-LT JPEG, IF 100, ldam protocol, 12,381 
 An epoch's cost is measured in its parts on the same machine, one after the other: the median ResNet-32 training
 step (``Trainer.step``, batch 128, channels-last) times the steps per epoch, plus the evaluations that epoch runs.
 "new" counts the test evaluations of a 50-epoch run with ``test_every`` 5 (every fifth epoch, the last, and the
-validation-selected one at the end: 11 of them) spread over its epochs. Results go to
+validation-selected one at the end: 11 of them) spread over its epochs; "new, compiled" is the same with the opt-in
+``torch.compile`` step, timed after its compilation and warm-up (reported separately, paid once per run). Results go to
 ``results/benchmarks/epoch-<device>.json`` with provenance. A benchmark, not a test: run it on an idle machine.
 
     make benchmark                          # 2 threads, then 1 thread (the sweep runs two 1-thread runs side by side)
@@ -63,26 +64,30 @@ def eval_seconds(trainer: Trainer, split: str, batch_size: int, amp: bool) -> fl
     return time.perf_counter() - started
 
 
-def epoch_cost(data: LongTailedData, amp: bool, steps: int, eval_batch: int, tests_per_epoch: float) -> dict:
+def epoch_cost(data: LongTailedData, amp: bool, steps: int, eval_batch: int, tests_per_epoch: float,
+               compile_mode: str = "none") -> dict:
     torch.manual_seed(0)
     config = TrainConfig(epochs=EPOCHS, batch_size=128, lr=0.1, warmup_epochs=0, milestones=(), amp=amp,
-                         channels_last=True)
+                         channels_last=True, compile=compile_mode)
     trainer = Trainer(resnet32(10), build_method("ce", data.train_counts), data, config, device="cpu", seed=0)
     trainer.set_epoch(0)
     trainer.model.train()
     iterator = trainer.batches["train"].epoch(128, trainer.generator, drop_last=True)
-    times = []
-    for step, (images, labels) in zip(range(steps + 2), iterator):
+    warmup = 2 if compile_mode == "none" else 30  # a compiled step settles after its first few dozen calls
+    times, started_all = [], time.perf_counter()
+    for step, (images, labels) in zip(range(steps + warmup), iterator):
         started = time.perf_counter()
         trainer.step(images, labels)
-        if step >= 2:
+        if step >= warmup:
             times.append(time.perf_counter() - started)
+    warmup_s = time.perf_counter() - started_all - sum(times)
     per_step = statistics.median(times)
     steps_per_epoch = -(-len(data.train) // 128)
     val = eval_seconds(trainer, "val", eval_batch, amp)
     test = eval_seconds(trainer, "test", eval_batch, amp)
     train = per_step * steps_per_epoch
     return {"step_s": round(per_step, 4), "train_s": round(train, 2), "val_eval_s": round(val, 2),
+            "warmup_s": round(warmup_s, 1), "compile": compile_mode,
             "test_eval_s": round(test, 2), "tests_per_epoch": tests_per_epoch, "eval_batch": eval_batch,
             "epoch_s": round(train + val + tests_per_epoch * test, 2), "train_img_per_s": round(128 / per_step, 1)}
 
@@ -101,12 +106,16 @@ def main() -> None:
         old = epoch_cost(data, amp=False, steps=args.steps, eval_batch=1000, tests_per_epoch=1.0)
         new = epoch_cost(data, amp=True, steps=args.steps, eval_batch=eval_batch_size(torch.device("cpu")),
                          tests_per_epoch=new_tests)
+        compiled = epoch_cost(data, amp=True, steps=args.steps, eval_batch=eval_batch_size(torch.device("cpu")),
+                              tests_per_epoch=new_tests, compile_mode="default")
         ratio = old["epoch_s"] / new["epoch_s"]
-        result["by_threads"][str(threads)] = {"old": old, "new": new, "ratio": round(ratio, 2)}
+        result["by_threads"][str(threads)] = {"old": old, "new": new, "ratio": round(ratio, 2), "new_compiled": compiled,
+                                              "ratio_compiled": round(old["epoch_s"] / compiled["epoch_s"], 2)}
         print(f"{threads} thread(s): old {old['epoch_s']:.1f} s/epoch (train {old['train_s']:.1f} + val "
               f"{old['val_eval_s']:.1f} + test {old['test_eval_s']:.1f}), new {new['epoch_s']:.1f} s/epoch (train "
               f"{new['train_s']:.1f} + val {new['val_eval_s']:.1f} + {new_tests:.2f} x test {new['test_eval_s']:.1f}): "
-              f"{ratio:.2f}x")
+              f"{ratio:.2f}x; compiled (steady state, after {compiled['warmup_s']:.0f} s of compilation and warm-up): "
+              f"{compiled['epoch_s']:.1f} s/epoch, {old['epoch_s'] / compiled['epoch_s']:.2f}x")
     out = args.out or ROOT / "results" / "benchmarks" / "epoch-cpu.json"
     write_json(out, {**result, **provenance("cpu")})
     print("wrote", out)

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from .experiment import RunSpec
@@ -33,7 +34,7 @@ class Planned:
     role: str = "main"
     meta: tuple = ()
 
-    @property
+    @cached_property
     def key(self) -> str:
         return self.spec.key()
 

@@ -95,8 +95,8 @@ class TrainingConfig(NotebookConfig):
     amp: bool = param(False, "bfloat16 autocast (CPU with AVX-512 BF16, CUDA)")
     channels_last: bool = param(False, "channels-last memory format")
     test_every: int = param(5, "evaluate the test split every k-th epoch for the curves (0: last only)", min=0)
-    compile: str = param("none", "torch.compile the plain step: none | default | reduce-overhead",
-                         choices=COMPILE_MODES)
+    compile: str = param("none", "torch.compile the plain step: none | default | reduce-overhead (methods with their "
+                         "own step run eagerly)", choices=COMPILE_MODES)
     device: str = param("cpu", "cpu | cuda | cuda:N")
     cpu_threads: int = param(1, "CPU threads per run (part of a CPU run's identity)", min=1)
     workers: int = param(1, "runs trained in parallel when some are missing (does not change results)", min=1)
@@ -148,9 +148,13 @@ class TrainingConfig(NotebookConfig):
     def run_spec(self, entry: str, source: str, imbalance: float, seed: int, *, train: TrainConfig | None = None,
                  drw_epoch: int | None = None, shape: str = "exp", protocol: str | None = None) -> RunSpec:
         extra = {"drw_epoch": self.drw_epoch if drw_epoch is None else drw_epoch, "drw_beta": self.drw_beta}
-        return RunSpec(DataSpec(source, float(imbalance), protocol or self.protocol, shape), self.model,
-                       MethodRef.parse(entry, extra), train or self.train_config(), int(seed), self.device,
-                       self.cpu_threads)
+        method = MethodRef.parse(entry, extra)
+        train = train or self.train_config()
+        if train.compile != "none" and not method.plain_step():
+            # a method with its own step (meta-learning) runs eagerly, and its key says so
+            train = dataclasses.replace(train, compile="none")
+        return RunSpec(DataSpec(source, float(imbalance), protocol or self.protocol, shape), self.model, method, train,
+                       int(seed), self.device, self.cpu_threads)
 
     def grid(self, methods: list[str] | None = None, role: str = "main") -> list[Planned]:
         return [Planned(self.run_spec(entry, source, imbalance, seed), entry, role)

@@ -34,8 +34,8 @@ from .studies import config_class
 # idle machine (benchmarks/throughput.py). CUDA rows are estimates (no GPU run yet): a ResNet-32 at batch 128
 # moves ~45,000 img/s eager on an H100-class GPU (a 200-epoch CIFAR-10-LT run in about a minute).
 THROUGHPUT = {
-    ("cpu", "resnet32", False, 1): (226.0, "measured"), ("cpu", "resnet32", False, 2): (420.0, "measured"),
-    ("cpu", "resnet32", True, 1): (438.0, "measured"), ("cpu", "resnet32", True, 2): (726.0, "measured"),
+    ("cpu", "resnet32", False, 1): (247.0, "measured"), ("cpu", "resnet32", False, 2): (441.0, "measured"),
+    ("cpu", "resnet32", True, 1): (478.0, "measured"), ("cpu", "resnet32", True, 2): (788.0, "measured"),
     ("cuda", "resnet32", False, None): (45000.0, "estimated"), ("cuda", "resnet32", True, None): (60000.0, "estimated"),
 }
 SMALL_MODEL_THROUGHPUT = (20000.0, "estimated")       # small CNN on 8x8 digits, CPU

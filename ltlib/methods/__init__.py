@@ -134,6 +134,12 @@ class MethodRef:
         method.head = self.head
         return method
 
+    def plain_step(self) -> bool:
+        """Whether the method trains with the plain step (a loss on the logits), which ``torch.compile`` can take."""
+        options = {**self.kwargs, **{name: 0 for name in self.missing()}}  # placeholders for schedule-tied values
+        built = _entry(self.name).factory([20, 10, 5], **options)
+        return type(built).compute_loss is Method.compute_loss
+
     def check(self) -> None:
         """Build once on dummy class counts, so bad option *values* fail before any data is loaded."""
         if not self.missing():
