@@ -154,6 +154,8 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         return 0
     started = time.perf_counter()
+    # longest first: with several workers the sweep then ends soonest (the long runs do not start last)
+    items = sorted(items, key=lambda p: -estimate(p).seconds)
     written = execute(items, store, workers=args.workers, executor=args.executor, address=args.address,
                       gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run)
     print(f"wrote {len(written)} entries to {store.folder} in {(time.perf_counter() - started) / 60:.1f} min")
