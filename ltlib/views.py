@@ -42,6 +42,12 @@ def seeds_text(seeds: Iterable[int]) -> str:
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"
 
 
+def over_seeds(seeds: Iterable[int]) -> str:
+    """For a caption: "mean over 3 seeds (0, 1, 2)", or "seed 0 (one seed)"."""
+    seeds = sorted(set(seeds))
+    return f"mean over {seeds_text(seeds)}" if len(seeds) > 1 else f"seed {seeds[0]} (one seed)"
+
+
 def context(study, role: str = "main") -> str:
     """One line: profile, data, model, schedule, seeds and where the runs came from."""
     config = study.config
@@ -111,5 +117,5 @@ def names(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-__all__ = ["context", "delta_text", "fmt", "in_notebook", "label", "names", "say", "seeds_text", "show",
+__all__ = ["context", "delta_text", "fmt", "in_notebook", "label", "names", "over_seeds", "say", "seeds_text", "show",
            "verdict_sentence"]
