@@ -10,6 +10,7 @@ ENV_STAMP    := $(VENV)/.ltlib-env
 PYTEST_FLAGS ?=
 WORKERS      ?= 2
 EXECUTOR     ?= local
+STORE_ONLY   ?=
 
 export MPLBACKEND ?= Agg
 # glibc hands freed blocks above its mmap/trim thresholds back to the kernel, so every CPU training step
@@ -52,12 +53,15 @@ test-unit: $(ENV_STAMP)  ## unit tests only
 	LTLIB_RUNS=$$store $(PY) -m pytest tests -p no:cacheprovider $(PYTEST_FLAGS)
 
 $(NOTEBOOKS): %: $(ENV_STAMP)  ## (one target per notebook) execute it under PROFILE into executed/PROFILE/
-	$(PY) -m ltlib notebook $@ --profile $(PROFILE)
+	$(PY) -m ltlib notebook $@ --profile $(PROFILE) $(if $(STORE_ONLY),--store-only)
 
+# STORE_ONLY=1: render only the notebooks whose runs are all in runs/PROFILE/ (no training); the others are named.
 reproduce: $(ENV_STAMP)  ## execute every notebook under PROFILE (quick | cpu-real | paper); goes on past a failure
-	@failed=(); for nb in $(NOTEBOOKS); do \
-	    $(MAKE) --no-print-directory $$nb PROFILE=$(PROFILE) || failed+=($$nb); done; \
+	@failed=(); skipped=(); for nb in $(NOTEBOOKS); do \
+	    $(PY) -m ltlib notebook $$nb --profile $(PROFILE) $(if $(STORE_ONLY),--store-only); rc=$$?; \
+	    if [ $$rc -eq 3 ]; then skipped+=($$nb); elif [ $$rc -ne 0 ]; then failed+=($$nb); fi; done; \
 	$(PY) -m ltlib index-figures >/dev/null; \
+	if [ $${#skipped[@]} -gt 0 ]; then echo "not rendered (runs missing from runs/$(PROFILE)/): $${skipped[*]}" >&2; fi; \
 	if [ $${#failed[@]} -gt 0 ]; then echo "FAILED under $(PROFILE): $${failed[*]}" >&2; exit 1; fi; \
 	echo "executed notebooks: executed/$(PROFILE)/  figures: figures/$(PROFILE)/  results: results/$(PROFILE)/"
 

@@ -6,8 +6,9 @@ The data are the cpu-real ones (CIFAR-10-LT JPEG, IF 100, ldam protocol, 12,381 
 10,000 test images; random images of the same sizes if ``$LTLIB_DATA/cifar10-jpeg`` is absent, said in the output).
 An epoch's cost is measured in its parts on the same machine, one after the other: the median ResNet-32 training
 step (``Trainer.step``, batch 128, channels-last) times the steps per epoch, plus the evaluations that epoch runs.
-"new" counts the test evaluations of a 50-epoch run with ``test_every`` 5 (every fifth epoch, the last, and the
-validation-selected one at the end: 11 of them) spread over its epochs; "new, compiled" is the same with the opt-in
+"new" counts the test evaluations of a cpu-real run (``epochs`` and ``test_every`` of
+``params/cpu-real/01_baselines.yaml``: every ``test_every``-th epoch, the last, and the validation-selected one)
+spread over its epochs; "new, compiled" is the same with the opt-in
 ``torch.compile`` step, timed after its compilation and warm-up (reported separately, paid once per run). Results go to
 ``results/benchmarks/epoch-<device>.json`` with provenance. A benchmark, not a test: run it on an idle machine.
 
@@ -29,12 +30,14 @@ from ltlib.io import write_json
 from ltlib.methods import build_method
 from ltlib.metrics import confusion_matrix
 from ltlib.models import resnet32
+from ltlib.notebook import read_params_file
 from ltlib.paths import ROOT
 from ltlib.provenance import provenance
 from ltlib.runtime import autocast, eval_batch_size
 from ltlib.train import TrainConfig, Trainer
 
-EPOCHS, TEST_EVERY = 50, 5
+_CPU_REAL = read_params_file(ROOT / "params" / "cpu-real" / "01_baselines.yaml")
+EPOCHS, TEST_EVERY = int(_CPU_REAL["epochs"]), int(_CPU_REAL["test_every"])
 
 
 def cpu_real_data() -> tuple[LongTailedData, str]:
@@ -99,7 +102,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     data, described = cpu_real_data()
-    new_tests = (EPOCHS // TEST_EVERY + 1) / EPOCHS  # every 5th epoch (the last among them) + the selected one
+    # every test_every-th epoch, the last (if not among them) and the validation-selected one
+    new_tests = (EPOCHS // TEST_EVERY + (EPOCHS % TEST_EVERY != 0) + 1) / EPOCHS
     result = {"data": described, "epochs": EPOCHS, "test_every": TEST_EVERY, "by_threads": {}}
     for threads in args.threads:
         torch.set_num_threads(threads)

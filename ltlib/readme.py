@@ -63,11 +63,15 @@ def results_block(profile: str = "cpu-real") -> str:
     if epoch:
         rows = [{"threads": t, "old (s/epoch)": v["old"]["epoch_s"], "new (s/epoch)": v["new"]["epoch_s"],
                  "ratio": f"{v['ratio']:.2f}x", "train img/s old / new":
-                 f"{v['old']['train_img_per_s']:.0f} / {v['new']['train_img_per_s']:.0f}"}
+                 f"{v['old']['train_img_per_s']:.0f} / {v['new']['train_img_per_s']:.0f}",
+                 "compiled (s/epoch)": (f"{v['new_compiled']['epoch_s']} ({v['ratio_compiled']:.2f}x, after "
+                                        f"{v['new_compiled']['warmup_s']:.0f} s warm-up)" if "new_compiled" in v else "")}
                 for t, v in epoch["by_threads"].items()]
         parts.append(f"**Seconds per cpu-real epoch** (`make benchmark`, {epoch['data']}, {epoch['device']}, commit "
-                     f"{epoch['git_commit'][:7]})\n\n" + _table(rows, ["threads", "old (s/epoch)", "new (s/epoch)",
-                                                                       "ratio", "train img/s old / new"]))
+                     f"{epoch['git_commit'][:7]}; old: fp32, test split every epoch at batch 1000; new: bf16, test at "
+                     "the reported epochs, batch 256; compiled: new with `compile=default`, steady state)\n\n"
+                     + _table(rows, ["threads", "old (s/epoch)", "new (s/epoch)", "ratio", "train img/s old / new",
+                                     "compiled (s/epoch)"]))
     return "\n\n".join(parts)
 
 

@@ -28,12 +28,30 @@ def notebook_path(notebook: str) -> Path:
     return path
 
 
+class MissingRuns(Exception):
+    """A ``--store-only`` execution found runs of the notebook missing from the store."""
+
+
+def missing_runs(notebook: str, profile: str, overrides: dict | None = None) -> list:
+    """The planned runs and stages of ``notebook`` under ``profile`` that the run store does not hold."""
+    from .store import RunStore
+
+    store = RunStore(profile)
+    return [item for item in config_class(notebook).load(profile, overrides).plan() if item.key not in store]
+
+
 def execute(notebook: str, profile: str, overrides: dict | None = None, output: Path | None = None,
-            kernel: str = KERNEL) -> Path:
+            kernel: str = KERNEL, store_only: bool = False) -> Path:
     """Run ``notebook`` under ``profile`` into ``output`` (default ``executed/<profile>/<notebook>.ipynb``)."""
     import papermill
 
     config_class(notebook).load(profile, overrides)  # fails here, naming the parameter, before a kernel starts
+    if store_only and (missing := missing_runs(notebook, profile, overrides)):
+        names = ", ".join(f"{m.name} seed {getattr(m.spec, 'seed', '-')} ({m.key})" for m in missing[:6])
+        more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+        raise MissingRuns(f"{notebook} ({profile}): {len(missing)} of its runs are not in the store: {names}{more}; "
+                          f"train them with `python -m ltlib sweep params/{profile}/{notebook}.yaml --workers 2` "
+                          f"(or drop --store-only to train them here)")
     params_file = ROOT / "params" / profile / f"{notebook}.yaml"
     parameters = {**(read_params_file(params_file) if params_file.exists() else {}), **(overrides or {}),
                   "profile": profile}
@@ -95,12 +113,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--output", default=None, help="default: executed/<profile>/<notebook>.ipynb")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    parser.add_argument("--store-only", action="store_true",
+                        help="render from the run store alone; refuse (exit 3) if a run is missing")
     args = parser.parse_args(argv)
     try:
         path = execute(args.notebook, args.profile, {n: parse_value(v) for n, v in args.p},
-                       Path(args.output) if args.output else None)
+                       Path(args.output) if args.output else None, store_only=args.store_only)
     except ParameterError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except MissingRuns as error:
+        print(f"not rendered: {error}", file=sys.stderr)
+        return 3
     print("executed", path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
     return 0

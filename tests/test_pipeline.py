@@ -53,6 +53,16 @@ def test_the_runner_refuses_bad_parameters_before_a_kernel_starts(tmp_path):
     assert not (tmp_path / "x.ipynb").exists()
 
 
+def test_store_only_rendering_names_the_missing_runs_and_the_sweep_that_trains_them(tmp_path):
+    env = {**os.environ, "LTLIB_RUNS": str(tmp_path / "empty-store")}
+    run = subprocess.run([sys.executable, "-m", "ltlib", "notebook", "01_baselines", "--profile", "quick",
+                          "--store-only", "--output", str(tmp_path / "x.ipynb")], capture_output=True, text=True,
+                         env=env)
+    assert run.returncode == 3, run.stderr
+    assert "runs are not in the store" in run.stderr and "python -m ltlib sweep params/quick/01_baselines.yaml" in run.stderr
+    assert not (tmp_path / "x.ipynb").exists()
+
+
 def test_a_killed_execution_leaves_the_previous_notebook_in_place(tmp_path):
     output = tmp_path / "00.ipynb"
     previous = '{"previous": "complete"}'
