@@ -203,6 +203,9 @@ class BaselinesNotebook(TrainingConfig):
     precision_epochs: int = param(5, "length of the bf16-vs-fp32 check (0: no check)", min=0)
     precision_method: str = param("ce", "method of the bf16-vs-fp32 check")
     precision_seeds: list[int] = param([0, 1], "seeds of the bf16-vs-fp32 check (paired)", min=0)
+    study_compile: str = param("none", "torch.compile mode of the schedule study and the precision check (they "
+                               "compare lengths and precisions; compiling them changes their keys, not their point)",
+                               choices=COMPILE_MODES)
 
     def method_entries(self) -> list[str]:
         return list(self.methods) + list(self.schedule_methods) + [self.precision_method]
@@ -211,13 +214,14 @@ class BaselinesNotebook(TrainingConfig):
         items = self.grid()
         for epochs in self.schedule_epochs:
             train, drw = self.scaled(epochs)
+            train = dataclasses.replace(train, compile=self.study_compile)
             items += [Planned(self.run_spec(m, s, i, self.schedule_seed, train=train, drw_epoch=drw), m, "schedule",
                               (("epochs", epochs),))
                       for s in self.sources for i in self.imbalances for m in self.schedule_methods]
         if self.precision_epochs:
             for amp in (False, True):
                 train, drw = self.scaled(self.precision_epochs)
-                train = dataclasses.replace(train, amp=amp)
+                train = dataclasses.replace(train, amp=amp, compile=self.study_compile)
                 items += [Planned(self.run_spec(self.precision_method, s, i, seed, train=train, drw_epoch=drw),
                                   f"{self.precision_method} ({'bf16' if amp else 'fp32'})", "precision",
                                   (("amp", amp),))
