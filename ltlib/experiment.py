@@ -178,11 +178,12 @@ def train_entry(spec: RunSpec, *, progress: bool = True) -> dict:
         torch.manual_seed(spec.seed)
         method = spec.method.build(data.train_counts)
         model = build_model(spec.model, data.num_classes, in_channels=data.train.images.shape[1], head=method.head)
+        # the code that trains is the code loaded now: a commit or an edit made while the run trains is not its own
+        prov = provenance(spec.device)
         started = time.perf_counter()
         result = fit(model, method, data, spec.train, device=spec.device, seed=spec.seed,
                      checkpoint=checkpoint_path(key), progress=progress)
         wall = result.wall_s if result.resumed_from is not None else time.perf_counter() - started
-        prov = provenance(spec.device)
     method_log = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in e.items()
                    if k in ("epoch", "driver_loss", "meta_cross_entropy")} for e in result.method_log]
     return {"key": key, "kind": "train", "identity": spec.identity(), "spec": spec.describe(),

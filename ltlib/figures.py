@@ -46,9 +46,20 @@ def _in_notebook() -> bool:
         return False
 
 
+class SavedFigure(dict):
+    """The paths of a saved figure set (``pdf``, ``png``, ``json``). It shows nothing when it ends a notebook cell:
+    the figure and its citation line are already displayed, and absolute paths do not belong in a notebook."""
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        pass
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
 def save_figure(fig: plt.Figure, name: str, *, profile: str, notebook: str, caption: str,
                 run_keys: Sequence[str] = (), seeds: Sequence[int] | None = None, results: str | None = None,
-                display: bool = True) -> dict[str, Path]:
+                display: bool = True) -> SavedFigure:
     """Write ``figures/<profile>/<notebook>/<name>.{pdf,png,json}`` as one set and show the figure inline.
 
     ``caption``: one line saying what the figure shows, with the profile, data and seeds it was drawn from;
@@ -60,7 +71,7 @@ def save_figure(fig: plt.Figure, name: str, *, profile: str, notebook: str, capt
     keys = sorted(set(run_keys))
     digest = hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:12]
     subject = f"ltlib {notebook} {name} profile={profile} commit={commit} runs={digest}"
-    paths = {"pdf": folder / f"{name}.pdf", "png": folder / f"{name}.png", "json": folder / f"{name}.json"}
+    paths = SavedFigure(pdf=folder / f"{name}.pdf", png=folder / f"{name}.png", json=folder / f"{name}.json")
     blobs = {}
     for fmt, metadata in (("pdf", {"Subject": subject, "Creator": "ltlib", "CreationDate": None, "Producer": None}),
                           ("png", {"Source": subject, "Software": None})):

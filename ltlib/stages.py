@@ -373,8 +373,8 @@ def stage_entry(spec: StageSpec, store: RunStore) -> dict:
         train_counts, epochs = parent.train_counts, spec.parent.train.epochs
     started = time.perf_counter()
     with cpu_threads(spec.parent.cpu_threads if torch.device(spec.device).type == "cpu" else None):
+        prov = provenance(spec.device)  # before computing: the code loaded now is the code that runs
         result = kind.compute(backbone, spec.kwargs, spec.seed)
-        prov = provenance(spec.device)
     result["train_counts"] = train_counts
     return {"key": spec.key(), "kind": f"stage:{spec.kind}", "identity": spec.identity(), "spec": spec.describe(),
             "seed": spec.seed, "epochs": epochs, "parent_key": spec.parent.key(),

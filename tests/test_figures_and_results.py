@@ -130,3 +130,12 @@ def test_every_figure_a_cpu_real_notebook_saves_is_shown_in_it(path):
     assert images == len(saved), f"{path.name}: {images} inline images, {len(saved)} figures saved"
     errors = [o for cell in nb["cells"] for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+
+
+def test_a_saved_figure_ending_a_notebook_cell_shows_no_paths(folder):
+    from IPython.core.formatters import DisplayFormatter
+
+    saved = save()
+    formatted, _ = DisplayFormatter().format(saved)
+    assert not any("PosixPath" in str(v) or str(folder) in str(v) for v in formatted.values())
+    assert saved["png"].exists()  # still the paths for code that uses them

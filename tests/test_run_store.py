@@ -134,6 +134,23 @@ def test_an_entry_holds_config_history_confusions_and_provenance(store):
     assert len(json.dumps(stored)) < 100_000
 
 
+def test_an_entry_names_the_code_it_started_with_not_an_edit_made_while_it_trained(store, monkeypatch):
+    from ltlib import experiment, provenance
+
+    state = {"edited": False}
+    real_fit, real_commit = experiment.fit, provenance.git_commit
+
+    def fit_then_edit(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        state["edited"] = True  # as if a source file were changed while the run trained
+        return result
+
+    monkeypatch.setattr(experiment, "fit", fit_then_edit)
+    monkeypatch.setattr(provenance, "git_commit", lambda: real_commit() + ("-edited" if state["edited"] else ""))
+    stored = run(tiny_spec(epochs=1), store, progress=False).entry
+    assert state["edited"] and not stored["provenance"]["git_commit"].endswith("-edited")
+
+
 # ------------------------------------------------------------------------------------------------ kills
 
 def test_a_run_killed_after_its_last_checkpoint_finishes_on_the_next_call(store, monkeypatch):
