@@ -10,7 +10,8 @@ ENV_STAMP    := $(VENV)/.ltlib-env
 PYTEST_FLAGS ?=
 WORKERS      ?= 2
 EXECUTOR     ?= local
-STORE_ONLY   ?=
+# reproduce renders cpu-real and paper from their run store (train them with `make runs`); quick trains inline
+STORE_ONLY   ?= $(if $(filter quick,$(PROFILE)),,1)
 
 export MPLBACKEND ?= Agg
 # glibc hands freed blocks above its mmap/trim thresholds back to the kernel, so every CPU training step
@@ -55,7 +56,8 @@ test-unit: $(ENV_STAMP)  ## unit tests only
 $(NOTEBOOKS): %: $(ENV_STAMP)  ## (one target per notebook) execute it under PROFILE into executed/PROFILE/
 	$(PY) -m ltlib notebook $@ --profile $(PROFILE) $(if $(STORE_ONLY),--store-only)
 
-# STORE_ONLY=1: render only the notebooks whose runs are all in runs/PROFILE/ (no training); the others are named.
+# STORE_ONLY=1 (default except quick): render only the notebooks whose runs are all in runs/PROFILE/, training
+# nothing, and name the others; STORE_ONLY= trains what is missing inside the notebooks.
 reproduce: $(ENV_STAMP)  ## execute every notebook under PROFILE (quick | cpu-real | paper); goes on past a failure
 	@failed=(); skipped=(); for nb in $(NOTEBOOKS); do \
 	    $(PY) -m ltlib notebook $$nb --profile $(PROFILE) $(if $(STORE_ONLY),--store-only); rc=$$?; \

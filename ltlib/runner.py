@@ -32,11 +32,11 @@ class MissingRuns(Exception):
     """A ``--store-only`` execution found runs of the notebook missing from the store."""
 
 
-def missing_runs(notebook: str, profile: str, overrides: dict | None = None) -> list:
+def missing_runs(notebook: str, profile: str, overrides: dict | None = None, store_root: Path | None = None) -> list:
     """The planned runs and stages of ``notebook`` under ``profile`` that the run store does not hold."""
     from .store import RunStore
 
-    store = RunStore(profile)
+    store = RunStore(profile, store_root)
     return [item for item in config_class(notebook).load(profile, overrides).plan() if item.key not in store]
 
 
