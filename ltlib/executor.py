@@ -143,18 +143,48 @@ def _bar(total: int, enabled: bool):
                 disable=not enabled, leave=False)
 
 
+class SweepFailed(RuntimeError):
+    """Some runs or stages raised; every other one was computed and written. ``failures``: (item, error) pairs."""
+
+    def __init__(self, failures: list, written: list[str]):
+        self.failures, self.written = failures, written
+        lines = [f"  {item.name} seed {getattr(item.spec, 'seed', '-')} ({item.key}): {type(error).__name__}: {error}"
+                 for item, error in failures]
+        super().__init__(f"{len(failures)} of the sweep's entries failed ({len(written)} written); run the sweep "
+                         "again to retry them (a training run resumes from its last checkpoint):\n" + "\n".join(lines))
+
+
+def _report(bar, item: Planned, error: BaseException) -> None:
+    bar.write(f"failed: {item.name} seed {getattr(item.spec, 'seed', '-')} ({item.key}): "
+              f"{type(error).__name__}: {error}")
+
+
+def _parent_failed(stage: Planned, failed_keys: set[str]) -> bool:
+    return isinstance(stage.spec.parent, RunSpec) and stage.spec.parent.key() in failed_keys
+
+
 def _execute_inline(todo: list[Planned], store: RunStore, progress: bool) -> list[str]:
     from .experiment import run
     from .stages import run_stage
 
-    written = []
+    written, failures, failed_keys = [], [], set()
     ordered = [p for p in todo if not p.is_stage] + [p for p in todo if p.is_stage]
     with _bar(len(ordered), progress) as bar:
         for item in ordered:
             bar.set_postfix_str(f"{item.name} seed {getattr(item.spec, 'seed', '')}", refresh=False)
-            run_stage(item.spec, store) if item.is_stage else run(item.spec, store, progress=False)
-            written.append(item.key)
+            if item.is_stage and _parent_failed(item, failed_keys):
+                failures.append((item, RuntimeError("the run it starts from failed")))
+            else:
+                try:
+                    run_stage(item.spec, store) if item.is_stage else run(item.spec, store, progress=False)
+                    written.append(item.key)
+                except Exception as error:  # one failed run does not stop the others
+                    _report(bar, item, error)
+                    failures.append((item, error))
+                    failed_keys.add(item.key)
             bar.update(1)
+    if failures:
+        raise SweepFailed(failures, written)
     return written
 
 
@@ -163,6 +193,8 @@ def _execute_pool(todo: list[Planned], store: RunStore, *, workers: int, executo
     pending_stages = [p for p in todo if p.is_stage]
     ready = [p for p in todo if not p.is_stage]
     written: list[str] = []
+    failures: list = []
+    failed_keys: set[str] = set()
     if executor == "ray":
         submit, wait, shutdown = _ray_backend(workers, address, gpus_per_run, cpus_per_run)
     else:
@@ -187,16 +219,25 @@ def _execute_pool(todo: list[Planned], store: RunStore, *, workers: int, executo
                 done = wait(list(in_flight))
                 for handle, entries in done:
                     item = in_flight.pop(handle)
+                    if isinstance(entries, BaseException):  # one failed run does not stop the others
+                        _report(bar, item, entries)
+                        failures.append((item, entries))
+                        failed_keys.add(item.key)
+                        entries = []
                     for entry in entries:
                         if entry["key"] not in store:
                             store.put(entry)
                             written.append(entry["key"])
                     bar.set_postfix_str(f"{item.name} seed {getattr(item.spec, 'seed', '')}", refresh=False)
                     bar.update(1)
+                for stage in [p for p in pending_stages if _parent_failed(p, failed_keys)]:
+                    pending_stages.remove(stage)
+                    failures.append((stage, RuntimeError("the run it starts from failed")))
+                    bar.update(1)
                 for stage in [p for p in pending_stages if _parent_ready(p, store)]:
                     pending_stages.remove(stage)
                     launch(stage)
-            if pending_stages:  # a parent failed to appear: compute the stages here, training it if need be
+            if pending_stages:  # a parent not in this sweep's list: compute the stages here, training it if need be
                 for stage in pending_stages:
                     for entry in _compute(stage.spec, store.profile, str(store.folder), {}):
                         store.put(entry)
@@ -204,6 +245,8 @@ def _execute_pool(todo: list[Planned], store: RunStore, *, workers: int, executo
                     bar.update(1)
     finally:
         shutdown()
+    if failures:
+        raise SweepFailed(failures, written)
     return written
 
 
@@ -216,9 +259,9 @@ def _local_backend(workers: int):
     def submit(spec, profile, folder, handed):
         return pool.submit(_compute, spec, profile, folder, handed)
 
-    def wait(handles):
+    def wait(handles):  # (handle, entries or the exception the run raised)
         done, _ = futures.wait(handles, return_when=futures.FIRST_COMPLETED)
-        return [(h, h.result()) for h in done]
+        return [(h, h.exception() or h.result()) for h in done]
 
     return submit, wait, lambda: pool.shutdown(wait=True, cancel_futures=True)
 
@@ -240,9 +283,15 @@ def _ray_backend(workers: int, address: str | None, gpus_per_run: float, cpus_pe
     def submit(spec, profile, folder, handed):
         return remote.remote(spec, profile, folder, handed)
 
-    def wait(handles):
+    def wait(handles):  # (handle, entries or the exception the run raised)
         done, _ = ray.wait(handles, num_returns=1)
-        return [(h, ray.get(h)) for h in done]
+        out = []
+        for h in done:
+            try:
+                out.append((h, ray.get(h)))
+            except Exception as error:
+                out.append((h, error))
+        return out
 
     def shutdown():
         if started_here:

@@ -17,12 +17,13 @@ from their checkpoints on the next call.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .executor import Planned, execute
+from .executor import Planned, SweepFailed, execute
 from .experiment import RunSpec
 from .notebook import read_params_file
 from .stages import StageSpec
@@ -156,7 +157,11 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     # longest first: with several workers the sweep then ends soonest (the long runs do not start last)
     items = sorted(items, key=lambda p: -estimate(p).seconds)
-    written = execute(items, store, workers=args.workers, executor=args.executor, address=args.address,
-                      gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run)
+    try:
+        written = execute(items, store, workers=args.workers, executor=args.executor, address=args.address,
+                          gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run)
+    except SweepFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"wrote {len(written)} entries to {store.folder} in {(time.perf_counter() - started) / 60:.1f} min")
     return 0

@@ -83,3 +83,21 @@ def test_describe_marks_what_is_done(tmp_path):
     execute(config.plan()[:1], store, progress=False)
     text = describe(config.plan(), store)
     assert text.count("done ") == 1 and text.count("to do") == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["inline", "pool"])
+def test_a_failing_run_is_named_and_the_others_are_still_written(tmp_path, monkeypatch, workers):
+    from ltlib.executor import SweepFailed
+
+    monkeypatch.setenv("LTLIB_CACHE", str(tmp_path / "cache"))
+    good = BaselinesNotebook.load("quick", {"methods": ["ce"], "seeds": [0], "schedule_epochs": [],
+                                            "precision_epochs": 0, "epochs": 2, "milestones": [1]})
+    diverging = BaselinesNotebook.load("quick", {"methods": ["focal"], "seeds": [0], "schedule_epochs": [],
+                                                 "precision_epochs": 0, "epochs": 2, "milestones": [1], "lr": 1e30,
+                                                 "warmup_epochs": 0})
+    store = RunStore("quick", tmp_path / "runs")
+    bad = diverging.plan()[0]
+    with pytest.raises(SweepFailed) as failed:
+        execute(diverging.plan() + good.plan(), store, workers=workers, progress=False)
+    assert [item.key for item, _ in failed.value.failures] == [bad.key] and bad.key in str(failed.value)
+    assert all(item.key in store for item in good.plan()) and bad.key not in store
