@@ -90,7 +90,8 @@ def rendering_status(profile: str = "cpu-real") -> str:
         executed = (ROOT / "executed" / profile / f"{nb}.ipynb").exists()
         what = ""
         if hasattr(config, "methods") and planned:
-            what = f" ({len(config.methods)} methods, seeds {', '.join(map(str, config.seeds))})"
+            seeds = ", ".join(map(str, config.seeds))
+            what = f" ({', '.join(config.methods)}; seed{'s' if len(config.seeds) > 1 else ''} {seeds})"
         if executed and not missing:
             rendered.append(f"[{nb}](executed/{profile}/{nb}.ipynb){what}")
         else:
