@@ -83,7 +83,7 @@ def test_stale_temporaries_of_killed_writers_are_removed(folder):
 
 def test_the_figure_index_lists_every_figure(folder, tmp_path):
     save()
-    index = figures.write_index(tmp_path / "figures")
+    index = figures.write_index(tmp_path / "figures", profiles=("quick",))
     text = index.read_text()
     assert "| `quick/nb/fig` | a test figure | nb | quick |" in text
 
