@@ -53,14 +53,16 @@ test-unit: $(ENV_STAMP)  ## unit tests only
 	@store=$$(mktemp -d); trap 'rm -rf "$$store"' EXIT; \
 	LTLIB_RUNS=$$store $(PY) -m pytest tests -p no:cacheprovider $(PYTEST_FLAGS)
 
+RUN_NOTEBOOK := $(PY) -m ltlib notebook --profile $(PROFILE) $(if $(STORE_ONLY),--store-only)
+
 $(NOTEBOOKS): %: $(ENV_STAMP)  ## (one target per notebook) execute it under PROFILE into executed/PROFILE/
-	$(PY) -m ltlib notebook $@ --profile $(PROFILE) $(if $(STORE_ONLY),--store-only)
+	$(RUN_NOTEBOOK) $@
 
 # STORE_ONLY=1 (default except quick): render only the notebooks whose runs are all in runs/PROFILE/, training
 # nothing, and name the others; STORE_ONLY= trains what is missing inside the notebooks.
 reproduce: $(ENV_STAMP)  ## execute every notebook under PROFILE (quick | cpu-real | paper); goes on past a failure
 	@failed=(); skipped=(); for nb in $(NOTEBOOKS); do \
-	    $(PY) -m ltlib notebook $$nb --profile $(PROFILE) $(if $(STORE_ONLY),--store-only); rc=$$?; \
+	    $(RUN_NOTEBOOK) $$nb; rc=$$?; \
 	    if [ $$rc -eq 3 ]; then skipped+=($$nb); elif [ $$rc -ne 0 ]; then failed+=($$nb); fi; done; \
 	$(PY) -m ltlib index-figures >/dev/null; \
 	if [ $${#skipped[@]} -gt 0 ]; then echo "not rendered (runs missing from runs/$(PROFILE)/): $${skipped[*]}" >&2; fi; \

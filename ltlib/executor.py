@@ -39,6 +39,11 @@ class Planned:
         return self.spec.key()
 
     @property
+    def label(self) -> str:
+        """``name seed N (key)``, as messages name an entry."""
+        return f"{self.name} seed {getattr(self.spec, 'seed', '-')} ({self.key})"
+
+    @property
     def is_stage(self) -> bool:
         return isinstance(self.spec, StageSpec)
 
@@ -148,15 +153,13 @@ class SweepFailed(RuntimeError):
 
     def __init__(self, failures: list, written: list[str]):
         self.failures, self.written = failures, written
-        lines = [f"  {item.name} seed {getattr(item.spec, 'seed', '-')} ({item.key}): {type(error).__name__}: {error}"
-                 for item, error in failures]
+        lines = [f"  {item.label}: {type(error).__name__}: {error}" for item, error in failures]
         super().__init__(f"{len(failures)} of the sweep's entries failed ({len(written)} written); run the sweep "
                          "again to retry them (a training run resumes from its last checkpoint):\n" + "\n".join(lines))
 
 
 def _report(bar, item: Planned, error: BaseException) -> None:
-    bar.write(f"failed: {item.name} seed {getattr(item.spec, 'seed', '-')} ({item.key}): "
-              f"{type(error).__name__}: {error}")
+    bar.write(f"failed: {item.label}: {type(error).__name__}: {error}")
 
 
 def _parent_failed(stage: Planned, failed_keys: set[str]) -> bool:

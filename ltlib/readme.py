@@ -78,15 +78,16 @@ def results_block(profile: str = "cpu-real") -> str:
 
 def rendering_status(profile: str = "cpu-real") -> str:
     """Which notebooks of ``profile`` are rendered from the committed store, with what, and which wait for runs."""
-    from .runner import missing_runs
-    from .studies import CONFIGS
+    from .store import RunStore
+    from .studies import CONFIGS, Study
 
     rendered, waiting = [], []
+    store = RunStore(profile, ROOT / "runs")  # the committed store, whatever $LTLIB_RUNS says
     for cls in CONFIGS:
         nb = cls.NOTEBOOK
         config = cls.load(profile)
-        planned = config.plan()
-        missing = missing_runs(nb, profile, store_root=ROOT / "runs")
+        study = Study(config, store)
+        planned, missing = study.items, study.missing()
         executed = (ROOT / "executed" / profile / f"{nb}.ipynb").exists()
         what = ""
         if hasattr(config, "methods") and planned:

@@ -32,12 +32,12 @@ class MissingRuns(Exception):
     """A ``--store-only`` execution found runs of the notebook missing from the store."""
 
 
-def missing_runs(notebook: str, profile: str, overrides: dict | None = None, store_root: Path | None = None) -> list:
+def missing_runs(notebook: str, profile: str, overrides: dict | None = None) -> list:
     """The planned runs and stages of ``notebook`` under ``profile`` that the run store does not hold."""
     from .store import RunStore
+    from .studies import Study
 
-    store = RunStore(profile, store_root)
-    return [item for item in config_class(notebook).load(profile, overrides).plan() if item.key not in store]
+    return Study(config_class(notebook).load(profile, overrides), RunStore(profile)).missing()
 
 
 def execute(notebook: str, profile: str, overrides: dict | None = None, output: Path | None = None,
@@ -47,7 +47,7 @@ def execute(notebook: str, profile: str, overrides: dict | None = None, output: 
 
     config_class(notebook).load(profile, overrides)  # fails here, naming the parameter, before a kernel starts
     if store_only and (missing := missing_runs(notebook, profile, overrides)):
-        names = ", ".join(f"{m.name} seed {getattr(m.spec, 'seed', '-')} ({m.key})" for m in missing[:6])
+        names = ", ".join(m.label for m in missing[:6])
         more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
         raise MissingRuns(f"{notebook} ({profile}): {len(missing)} of its runs are not in the store: {names}{more}; "
                           f"train them with `python -m ltlib sweep params/{profile}/{notebook}.yaml --workers 2` "
