@@ -110,6 +110,11 @@ def delta_text(value: float, digits: int = 1) -> str:
     return "–" if value != value else f"{value:+.{digits}f}"
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 seed``, ``3 seeds``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def names(items: Sequence[str]) -> str:
     items = list(items)
     if len(items) <= 1:
@@ -117,5 +122,5 @@ def names(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-__all__ = ["context", "delta_text", "fmt", "in_notebook", "label", "names", "over_seeds", "say", "seeds_text", "show",
+__all__ = ["context", "counted", "delta_text", "fmt", "in_notebook", "label", "names", "over_seeds", "say", "seeds_text", "show",
            "verdict_sentence"]
