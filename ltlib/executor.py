@@ -9,6 +9,10 @@ store, so results made on any machine land in the same ``runs/<profile>/`` folde
 * local, N workers: spawned processes, one thread each on CPU as the runs' identity says; on GPUs, workers are spread
   round-robin over the visible devices (several per GPU when N exceeds their number);
 * Ray: tasks on a cluster (``address``; default a local instance), with fractional GPUs (``gpus_per_run``).
+
+At most ``workers`` entries are in flight; a free slot goes to a stage whose run is ready before the next run, so
+results reach the store as early as they can. ``admit`` (e.g. the sweep's time budget) is asked before an entry
+starts: an entry it refuses, and the stages that start from it, are left for a later call, which finds them missing.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 from .experiment import RunSpec
 from .stages import StageSpec
@@ -128,17 +133,22 @@ def _visible_gpus() -> int:
 
 def execute(items: list[Planned], store: RunStore, *, workers: int = 1, executor: str = "local",
             progress: bool = True, address: str | None = None, gpus_per_run: float = 0.0,
-            cpus_per_run: int = 1) -> list[str]:
-    """Compute every item the store lacks; returns the keys written. Stages wait for their parent runs."""
+            cpus_per_run: int = 1, admit: Callable[[Planned], bool] | None = None) -> list[str]:
+    """Compute every item the store lacks; returns the keys written. Stages wait for their parent runs.
+
+    ``admit(item)`` is asked as each item is about to start; a refused item (and every stage that starts from it)
+    is not computed: the store still lacks it afterwards, and a later call computes it.
+    """
     todo = [p for p in _with_parents(items, store) if p.key not in store]
     if not todo:
         return []
     if executor not in ("local", "ray"):
         raise ValueError(f"unknown executor {executor!r}; choose 'local' or 'ray'")
+    admit = admit or (lambda item: True)
     if executor == "local" and workers <= 1:
-        return _execute_inline(todo, store, progress)
+        return _execute_inline(todo, store, progress, admit)
     return _execute_pool(todo, store, workers=workers, executor=executor, progress=progress, address=address,
-                         gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run)
+                         gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, admit=admit)
 
 
 def _bar(total: int, enabled: bool):
@@ -166,17 +176,24 @@ def _parent_failed(stage: Planned, failed_keys: set[str]) -> bool:
     return isinstance(stage.spec.parent, RunSpec) and stage.spec.parent.key() in failed_keys
 
 
-def _execute_inline(todo: list[Planned], store: RunStore, progress: bool) -> list[str]:
+def _parent_left(stage: Planned, left_keys: set[str]) -> bool:
+    return isinstance(stage.spec.parent, RunSpec) and stage.spec.parent.key() in left_keys
+
+
+def _execute_inline(todo: list[Planned], store: RunStore, progress: bool,
+                    admit: Callable[[Planned], bool]) -> list[str]:
     from .experiment import run
     from .stages import run_stage
 
-    written, failures, failed_keys = [], [], set()
+    written, failures, failed_keys, left_keys = [], [], set(), set()
     ordered = [p for p in todo if not p.is_stage] + [p for p in todo if p.is_stage]
     with _bar(len(ordered), progress) as bar:
         for item in ordered:
             bar.set_postfix_str(f"{item.name} seed {getattr(item.spec, 'seed', '')}", refresh=False)
             if item.is_stage and _parent_failed(item, failed_keys):
                 failures.append((item, RuntimeError("the run it starts from failed")))
+            elif (item.is_stage and _parent_left(item, left_keys)) or not admit(item):
+                left_keys.add(item.key)
             else:
                 try:
                     run_stage(item.spec, store) if item.is_stage else run(item.spec, store, progress=False)
@@ -192,12 +209,14 @@ def _execute_inline(todo: list[Planned], store: RunStore, progress: bool) -> lis
 
 
 def _execute_pool(todo: list[Planned], store: RunStore, *, workers: int, executor: str, progress: bool,
-                  address: str | None, gpus_per_run: float, cpus_per_run: int) -> list[str]:
+                  address: str | None, gpus_per_run: float, cpus_per_run: int,
+                  admit: Callable[[Planned], bool]) -> list[str]:
     pending_stages = [p for p in todo if p.is_stage]
-    ready = [p for p in todo if not p.is_stage]
+    waiting_runs = [p for p in todo if not p.is_stage]
     written: list[str] = []
     failures: list = []
     failed_keys: set[str] = set()
+    left_keys: set[str] = set()   # refused by ``admit``, or a stage of a refused run
     if executor == "ray":
         submit, wait, shutdown = _ray_backend(workers, address, gpus_per_run, cpus_per_run)
     else:
@@ -213,11 +232,24 @@ def _execute_pool(todo: list[Planned], store: RunStore, *, workers: int, executo
                         handed[parent["key"]] = parent
                 in_flight[submit(item.spec, store.profile, str(store.folder), handed)] = item
 
-            for item in ready:
-                launch(item)
-            for item in [p for p in pending_stages if _parent_ready(p, store)]:
-                pending_stages.remove(item)
-                launch(item)
+            def fill() -> None:  # ready stages first: they are short and finish a result
+                while len(in_flight) < workers:
+                    for stage in [p for p in pending_stages if _parent_left(p, left_keys)]:
+                        pending_stages.remove(stage)
+                        left_keys.add(stage.key)
+                        bar.update(1)
+                    stage = next((p for p in pending_stages if _parent_ready(p, store)), None)
+                    item = stage or (waiting_runs[0] if waiting_runs else None)
+                    if item is None:
+                        return
+                    (pending_stages if stage is not None else waiting_runs).remove(item)
+                    if admit(item):
+                        launch(item)
+                    else:
+                        left_keys.add(item.key)
+                        bar.update(1)
+
+            fill()
             while in_flight:
                 done = wait(list(in_flight))
                 for handle, entries in done:
@@ -237,9 +269,7 @@ def _execute_pool(todo: list[Planned], store: RunStore, *, workers: int, executo
                     pending_stages.remove(stage)
                     failures.append((stage, RuntimeError("the run it starts from failed")))
                     bar.update(1)
-                for stage in [p for p in pending_stages if _parent_ready(p, store)]:
-                    pending_stages.remove(stage)
-                    launch(stage)
+                fill()
             if pending_stages:  # a parent not in this sweep's list: compute the stages here, training it if need be
                 for stage in pending_stages:
                     for entry in _compute(stage.spec, store.profile, str(store.folder), {}):

@@ -13,7 +13,11 @@ the list with a cost estimate (``--dry-run`` stops there) and computes what the 
 Workers compute and return store entries; this process writes them into the store, so results made on
 any machine land in the same ``runs/<profile>/`` folder, ready to commit. A stage starts as soon as the
 run it depends on is in the store. Killing the sweep loses at most the runs in flight, and those resume
-from their checkpoints on the next call.
+from their checkpoints on the next call (on the same machine: checkpoints live in the cache, not the store).
+
+``--hours H`` fits a sweep into a time slot (a batch job's limit, a working session): an entry starts only if
+its estimate says it ends within H hours of the sweep's start; the runs in flight finish, the entries left are
+listed and the sweep exits with status 3, so a later sweep picks them up from the committed store.
 """
 from __future__ import annotations
 
@@ -147,7 +151,11 @@ def main(argv: list[str]) -> int:
                         "comma-separated words (e.g. schedule,precision)")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override a parameter in every file (as papermill -p)")
+    parser.add_argument("--hours", type=float, default=None, help="start only entries whose estimate ends within "
+                        "this many hours of the sweep's start; exit 3 listing the ones left")
     args = parser.parse_args(argv)
+    if args.hours is not None and args.hours <= 0:
+        parser.error(f"--hours must be a positive number of hours, not {args.hours:g}")
     overrides = {name: parse_value(value) for name, value in args.p}
     profile, items = collect(args.files, overrides or None, (args.only or "").split(","))
     store = RunStore(profile)
@@ -159,9 +167,23 @@ def main(argv: list[str]) -> int:
     items = sorted(items, key=lambda p: -estimate(p).seconds)
     try:
         written = execute(items, store, workers=args.workers, executor=args.executor, address=args.address,
-                          gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run)
+                          gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
+                          admit=None if args.hours is None else within(args.hours, started))
     except SweepFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {len(written)} entries to {store.folder} in {(time.perf_counter() - started) / 60:.1f} min")
+    left = [item for item in items if item.key not in store]
+    if left:
+        hours = sum(estimate(item).seconds for item in left) / 3600
+        print(f"left for a later sweep (past the {args.hours:g} h budget): {len(left)} entries, ~{hours:.2f} h of one "
+              "worker:\n" + "\n".join(f"  {item.label}" for item in left))
+        return 3
     return 0
+
+
+def within(hours: float, started: float):
+    """``admit`` for :func:`~ltlib.executor.execute`: the item's estimate ends within ``hours`` of ``started``."""
+    def admit(item: Planned) -> bool:
+        return time.perf_counter() - started + estimate(item).seconds <= hours * 3600
+    return admit

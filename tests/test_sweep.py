@@ -101,3 +101,34 @@ def test_a_failing_run_is_named_and_the_others_are_still_written(tmp_path, monke
         execute(diverging.plan() + good.plan(), store, workers=workers, progress=False)
     assert [item.key for item, _ in failed.value.failures] == [bad.key] and bad.key in str(failed.value)
     assert all(item.key in store for item in good.plan()) and bad.key not in store
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["inline", "pool"])
+def test_an_entry_refused_by_admit_is_left_with_its_stages_for_a_later_call(tmp_path, monkeypatch, workers):
+    monkeypatch.setenv("LTLIB_CACHE", str(tmp_path / "cache"))
+    baselines, difficulty = small_configs()
+    plan = difficulty.plan() + [p for p in baselines.plan() if p.name == "balanced_softmax"]
+    refused = next(p for p in plan if not p.is_stage and p.name == "ce")
+    stage = next(p for p in plan if p.is_stage)
+    assert stage.spec.parent.key() == refused.key
+    store = RunStore("quick", tmp_path / "runs")
+    asked = []
+    written = execute(plan, store, workers=workers, progress=False,
+                      admit=lambda item: asked.append(item.key) or item.key != refused.key)
+    assert written == [p.key for p in plan if p.name == "balanced_softmax"]
+    assert refused.key not in store and stage.key not in store and refused.key in asked
+    assert set(execute(plan, store, workers=workers, progress=False)) == {refused.key, stage.key}
+
+
+def test_a_sweep_past_its_time_budget_lists_what_is_left_and_exits_3(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTLIB_RUNS", str(tmp_path))
+    params = str(ROOT / "params" / "quick" / "01_baselines.yaml")
+    done = subprocess.run([sys.executable, "-m", "ltlib", "sweep", params, "--hours", "1e-9"],
+                          capture_output=True, text=True, cwd=ROOT)
+    _, items = collect([params])
+    assert done.returncode == 3, done.stderr
+    assert f"left for a later sweep (past the 1e-09 h budget): {len(items)} entries" in done.stdout
+    assert all(item.key in done.stdout for item in items) and not list(tmp_path.rglob("*.json"))
+    refused = subprocess.run([sys.executable, "-m", "ltlib", "sweep", params, "--hours", "0"],
+                             capture_output=True, text=True, cwd=ROOT)
+    assert refused.returncode == 2 and "--hours must be a positive number of hours" in refused.stderr
