@@ -163,8 +163,7 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         return 0
     started = time.perf_counter()
-    # longest first: with several workers the sweep then ends soonest (the long runs do not start last)
-    items = sorted(items, key=lambda p: -estimate(p).seconds)
+    items = longest_first(items)
     try:
         written = execute(items, store, workers=args.workers, executor=args.executor, address=args.address,
                           gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
@@ -180,6 +179,17 @@ def main(argv: list[str]) -> int:
               "worker:\n" + "\n".join(f"  {item.label}" for item in left))
         return 3
     return 0
+
+
+def longest_first(items: list[Planned]) -> list[Planned]:
+    """Runs by the length of their chain (the run and the stages that wait for it), longest first: with several
+    workers the sweep then ends soonest, and under ``--hours`` what is left is what no result waits for."""
+    waiting: dict[str, float] = {}
+    for item in items:
+        if item.is_stage and isinstance(item.spec.parent, RunSpec):
+            parent = item.spec.parent.key()
+            waiting[parent] = waiting.get(parent, 0.0) + estimate(item).seconds
+    return sorted(items, key=lambda p: -(estimate(p).seconds + waiting.get(p.key, 0.0)))
 
 
 def within(hours: float, started: float):

@@ -132,3 +132,14 @@ def test_a_sweep_past_its_time_budget_lists_what_is_left_and_exits_3(tmp_path, m
     refused = subprocess.run([sys.executable, "-m", "ltlib", "sweep", params, "--hours", "0"],
                              capture_output=True, text=True, cwd=ROOT)
     assert refused.returncode == 2 and "--hours must be a positive number of hours" in refused.stderr
+
+
+def test_runs_that_stages_wait_for_start_before_equally_long_runs_nothing_waits_for():
+    from ltlib.sweep import longest_first
+
+    params = ROOT / "params" / "cpu-real"
+    _, baselines = collect([params / "01_baselines.yaml"], {"methods": ["ldam_drw", "balanced_softmax"], "seeds": [1]})
+    _, dlsa = collect([params / "04_dlsa.yaml"], {"methods": ["balanced_softmax"], "seeds": [1]})
+    items = [p for p in baselines if p.role == "main"] + [p for p in dlsa if p.is_stage]
+    runs = [p.name for p in longest_first(items) if not p.is_stage]
+    assert runs == ["balanced_softmax", "ldam_drw"]  # the same estimate; DLSA's stages wait for balanced_softmax
