@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sys
 
+ARGUMENTLESS = ("sync-parameters", "index-figures", "readme")
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -18,6 +20,14 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     command, rest = argv[0], argv[1:]
+    if command in ARGUMENTLESS and rest:  # these take no arguments: never act on a mistyped or --help call
+        described = next(line for line in __doc__.splitlines() if line.startswith(command + " "))
+        if rest[0] in ("-h", "--help"):
+            print(f"python -m ltlib {described}")
+            return 0
+        print(f"python -m ltlib {command} takes no arguments, not {' '.join(rest)!r} ({described.split(maxsplit=1)[1]})",
+              file=sys.stderr)
+        return 2
     if command == "sweep":
         from .sweep import main as sweep
 

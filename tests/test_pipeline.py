@@ -80,3 +80,14 @@ def test_a_killed_execution_leaves_the_previous_notebook_in_place(tmp_path):
                             "--output", str(output)], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert json.loads(output.read_text())["cells"]
+
+
+@pytest.mark.parametrize("command", ["readme", "index-figures", "sync-parameters"])
+def test_commands_without_arguments_answer_help_and_refuse_arguments_without_writing(command, capsys):
+    from ltlib.__main__ import main
+
+    before = {path: path.read_bytes() for path in [ROOT / "README.md", *sorted((ROOT / "notebooks").glob("*.ipynb"))]}
+    assert main([command, "--help"]) == 0 and capsys.readouterr().out.startswith(f"python -m ltlib {command} ")
+    assert main([command, "results/cpu-real"]) == 2
+    assert "takes no arguments, not 'results/cpu-real'" in capsys.readouterr().err
+    assert before == {path: path.read_bytes() for path in before}
