@@ -71,6 +71,30 @@ def cpu_model() -> str:
     return cpu
 
 
+# Instruction-set flags that decide which CPU kernels run (bf16 autocast in particular): a masked model name such as
+# "Intel(R) Xeon(R) Processor" covers machines whose bf16 speed and last digits differ.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+
+
+@lru_cache(maxsize=1)
+def cpu_identity() -> dict:
+    """The CPU beyond its model name: vendor, family/model/stepping and the ISA flags that pick kernels (Linux)."""
+    fields = {"vendor_id": "vendor", "cpu family": "family", "model": "model", "stepping": "stepping"}
+    found: dict = {"model_name": cpu_model()}
+    try:
+        lines = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0].splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        name, _, value = (part.strip() for part in line.partition(":"))
+        if name in fields:
+            found[fields[name]] = value
+        elif name == "flags":
+            flags = set(value.split())
+            found["isa"] = [flag for flag in ISA_FLAGS if flag in flags]
+    return found
+
+
 def device_name(device: str) -> str:
     import torch
 
@@ -82,5 +106,8 @@ def device_name(device: str) -> str:
 def provenance(device: str) -> dict:
     import torch
 
-    return {"git_commit": git_commit(), "versions": versions(), "device": device_name(device),
-            "threads": torch.get_num_threads()}
+    found = {"git_commit": git_commit(), "versions": versions(), "device": device_name(device),
+             "threads": torch.get_num_threads()}
+    if not str(device).startswith("cuda"):
+        found["cpu"] = cpu_identity()
+    return found

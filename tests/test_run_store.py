@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,7 +131,11 @@ def test_an_entry_holds_config_history_confusions_and_provenance(store):
     assert stored["spec"]["method"] == "cdb_ce" and stored["spec"]["train"]["epochs"] == 3
     assert set(stored["result"]["confusion"]) == {"val", "last"}
     assert len(stored["result"]["history"]) == 3 and "test_top1" in stored["result"]["history"][1]
-    assert {"git_commit", "versions", "device", "threads", "wall_s"} <= set(stored["provenance"])
+    assert {"git_commit", "versions", "device", "threads", "wall_s", "cpu"} <= set(stored["provenance"])
+    cpu = stored["provenance"]["cpu"]  # the masked model name alone does not tell two machines' bf16 kernels apart
+    assert cpu["model_name"] in stored["provenance"]["device"]
+    if Path("/proc/cpuinfo").exists():
+        assert {"vendor", "family", "model", "stepping", "isa"} <= set(cpu)
     assert len(json.dumps(stored)) < 100_000
 
 
