@@ -17,7 +17,9 @@ from their checkpoints on the next call (on the same machine: checkpoints live i
 
 ``--hours H`` fits a sweep into a time slot (a batch job's limit, a working session): an entry starts only if
 its estimate says it ends within H hours of the sweep's start; the runs in flight finish, the entries left are
-listed and the sweep exits with status 3, so a later sweep picks them up from the committed store.
+listed and the sweep exits with status 3, so a later sweep picks them up from the committed store. Once runs of
+the sweep have finished, estimates are scaled by their measured wall time over their estimate (the throughput
+table is one machine's).
 """
 from __future__ import annotations
 
@@ -164,10 +166,12 @@ def main(argv: list[str]) -> int:
         return 0
     started = time.perf_counter()
     items = longest_first(items)
+    there = {item.key for item in items if item.key in store}
     try:
         written = execute(items, store, workers=args.workers, executor=args.executor, address=args.address,
                           gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
-                          admit=None if args.hours is None else within(args.hours, started))
+                          admit=None if args.hours is None else
+                          within(args.hours, started, lambda: observed_scale(items, store, there)))
     except SweepFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -192,8 +196,19 @@ def longest_first(items: list[Planned]) -> list[Planned]:
     return sorted(items, key=lambda p: -(estimate(p).seconds + waiting.get(p.key, 0.0)))
 
 
-def within(hours: float, started: float):
-    """``admit`` for :func:`~ltlib.executor.execute`: the item's estimate ends within ``hours`` of ``started``."""
+def observed_scale(items: Iterable[Planned], store: RunStore, before: set[str]) -> float:
+    """Measured wall time over estimate of the training runs in ``items`` that reached the store since ``before``
+    was taken (1 when none has): the throughput table is one machine's, and this one may be slower or faster."""
+    finished = [p for p in items if not p.is_stage and p.key not in before and p.key in store]
+    if not finished:
+        return 1.0
+    wall = sum(store.get(p.key)["provenance"]["wall_s"] for p in finished)
+    return wall / sum(estimate(p).seconds for p in finished)
+
+
+def within(hours: float, started: float, scale=lambda: 1.0):
+    """``admit`` for :func:`~ltlib.executor.execute`: the item's estimate, times ``scale()`` (e.g. the
+    :func:`observed_scale` of the runs finished so far), ends within ``hours`` of ``started``."""
     def admit(item: Planned) -> bool:
-        return time.perf_counter() - started + estimate(item).seconds <= hours * 3600
+        return time.perf_counter() - started + scale() * estimate(item).seconds <= hours * 3600
     return admit

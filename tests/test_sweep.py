@@ -143,3 +143,24 @@ def test_runs_that_stages_wait_for_start_before_equally_long_runs_nothing_waits_
     items = [p for p in baselines if p.role == "main"] + [p for p in dlsa if p.is_stage]
     runs = [p.name for p in longest_first(items) if not p.is_stage]
     assert runs == ["balanced_softmax", "ldam_drw"]  # the same estimate; DLSA's stages wait for balanced_softmax
+
+
+def test_the_time_budget_scales_estimates_by_the_runs_this_sweep_finished(tmp_path, monkeypatch):
+    import time
+
+    from ltlib.sweep import observed_scale, within
+
+    monkeypatch.setenv("LTLIB_CACHE", str(tmp_path / "cache"))
+    plan = [p for p in small_configs()[0].plan() if p.role == "main"]
+    first, second = plan
+    store = RunStore("quick", tmp_path / "runs")
+    assert observed_scale(plan, store, set()) == 1.0
+    execute([first], store, progress=False)
+    scale = observed_scale(plan, store, set())
+    assert scale == pytest.approx(store.get(first.key)["provenance"]["wall_s"] / estimate(first).seconds)
+    assert observed_scale(plan, store, {first.key}) == 1.0  # runs that were there before the sweep do not count
+    budget = 60 * estimate(second).seconds  # fits unscaled; not at 100 times the estimate
+    assert within(budget / 3600, time.perf_counter())(second)
+    assert not within(budget / 3600, time.perf_counter(), lambda: 100.0)(second)
+    assert within(budget / 3600, time.perf_counter(), lambda: observed_scale(plan, store, set()))(second) == (
+        scale * estimate(second).seconds <= budget)
