@@ -172,12 +172,9 @@ def _report(bar, item: Planned, error: BaseException) -> None:
     bar.write(f"failed: {item.label}: {type(error).__name__}: {error}")
 
 
-def _parent_failed(stage: Planned, failed_keys: set[str]) -> bool:
-    return isinstance(stage.spec.parent, RunSpec) and stage.spec.parent.key() in failed_keys
-
-
-def _parent_left(stage: Planned, left_keys: set[str]) -> bool:
-    return isinstance(stage.spec.parent, RunSpec) and stage.spec.parent.key() in left_keys
+def _parent_in(stage: Planned, keys: set[str]) -> bool:
+    """Whether the run a stage starts from is among `keys` (failed, or left by the budget)."""
+    return isinstance(stage.spec.parent, RunSpec) and stage.spec.parent.key() in keys
 
 
 def _execute_inline(todo: list[Planned], store: RunStore, progress: bool,
@@ -190,9 +187,9 @@ def _execute_inline(todo: list[Planned], store: RunStore, progress: bool,
     with _bar(len(ordered), progress) as bar:
         for item in ordered:
             bar.set_postfix_str(f"{item.name} seed {getattr(item.spec, 'seed', '')}", refresh=False)
-            if item.is_stage and _parent_failed(item, failed_keys):
+            if item.is_stage and _parent_in(item, failed_keys):
                 failures.append((item, RuntimeError("the run it starts from failed")))
-            elif (item.is_stage and _parent_left(item, left_keys)) or not admit(item):
+            elif (item.is_stage and _parent_in(item, left_keys)) or not admit(item):
                 left_keys.add(item.key)
             else:
                 try:
@@ -234,7 +231,7 @@ def _execute_pool(todo: list[Planned], store: RunStore, *, workers: int, executo
 
             def fill() -> None:  # ready stages first: they are short and finish a result
                 while len(in_flight) < workers:
-                    for stage in [p for p in pending_stages if _parent_left(p, left_keys)]:
+                    for stage in [p for p in pending_stages if _parent_in(p, left_keys)]:
                         pending_stages.remove(stage)
                         left_keys.add(stage.key)
                         bar.update(1)
@@ -265,7 +262,7 @@ def _execute_pool(todo: list[Planned], store: RunStore, *, workers: int, executo
                             written.append(entry["key"])
                     bar.set_postfix_str(f"{item.name} seed {getattr(item.spec, 'seed', '')}", refresh=False)
                     bar.update(1)
-                for stage in [p for p in pending_stages if _parent_failed(p, failed_keys)]:
+                for stage in [p for p in pending_stages if _parent_in(p, failed_keys)]:
                     pending_stages.remove(stage)
                     failures.append((stage, RuntimeError("the run it starts from failed")))
                     bar.update(1)
