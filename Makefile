@@ -8,6 +8,8 @@ KERNEL       := ltlib
 NOTEBOOKS    := $(sort $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.ipynb))))
 ENV_STAMP    := $(VENV)/.ltlib-env
 PYTEST_FLAGS ?=
+# test processes (pytest-xdist); a notebook's cells stay together, in order, on one of them (--dist loadfile)
+TEST_WORKERS ?= 2
 WORKERS      ?= 2
 EXECUTOR     ?= local
 # reproduce renders cpu-real and paper from their run store (train them with `make runs`); quick trains inline
@@ -47,11 +49,12 @@ $(ENV_STAMP): pyproject.toml constraints.txt
 test: $(ENV_STAMP)  ## unit tests, the paper-profile smoke test, the report test and nbval over notebooks/ (quick)
 	@store=$$(mktemp -d); trap 'rm -rf "$$store"' EXIT; \
 	LTLIB_RUNS=$$store LTLIB_CFFCONVERT=$(VENV)/cff/bin/cffconvert $(PY) -m pytest tests notebooks --nbval-lax --nbval-kernel-name $(KERNEL) \
-	    --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider $(PYTEST_FLAGS)
+	    --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider \
+	    -n $(TEST_WORKERS) --dist loadfile $(PYTEST_FLAGS)
 
 test-unit: $(ENV_STAMP)  ## unit tests only
 	@store=$$(mktemp -d); trap 'rm -rf "$$store"' EXIT; \
-	LTLIB_RUNS=$$store $(PY) -m pytest tests -p no:cacheprovider $(PYTEST_FLAGS)
+	LTLIB_RUNS=$$store $(PY) -m pytest tests -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_FLAGS)
 
 RUN_NOTEBOOK := $(PY) -m ltlib notebook --profile $(PROFILE) $(if $(STORE_ONLY),--store-only)
 
