@@ -177,13 +177,25 @@ def _parent_in(stage: Planned, keys: set[str]) -> bool:
     return isinstance(stage.spec.parent, RunSpec) and stage.spec.parent.key() in keys
 
 
+def _chained(todo: list[Planned]) -> list[Planned]:
+    """Runs in order, each followed by the stages that start from it, then the stages whose run the store holds:
+    a stage then uses its run's checkpoint while it is fresh, and a budget that stops the sweep leaves no finished
+    run's stages behind (its checkpoint lives only in this machine's cache)."""
+    stages = [p for p in todo if p.is_stage]
+    ordered: list[Planned] = []
+    for run in [p for p in todo if not p.is_stage]:
+        ordered.append(run)
+        ordered += [p for p in stages if isinstance(p.spec.parent, RunSpec) and p.spec.parent.key() == run.key]
+    return ordered + [p for p in stages if p not in ordered]
+
+
 def _execute_inline(todo: list[Planned], store: RunStore, progress: bool,
                     admit: Callable[[Planned], bool]) -> list[str]:
     from .experiment import run
     from .stages import run_stage
 
     written, failures, failed_keys, left_keys = [], [], set(), set()
-    ordered = [p for p in todo if not p.is_stage] + [p for p in todo if p.is_stage]
+    ordered = _chained(todo)
     with _bar(len(ordered), progress) as bar:
         for item in ordered:
             bar.set_postfix_str(f"{item.name} seed {getattr(item.spec, 'seed', '')}", refresh=False)

@@ -120,6 +120,18 @@ def test_an_entry_refused_by_admit_is_left_with_its_stages_for_a_later_call(tmp_
     assert set(execute(plan, store, workers=workers, progress=False)) == {refused.key, stage.key}
 
 
+def test_inline_execution_runs_a_runs_stages_before_the_next_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTLIB_CACHE", str(tmp_path / "cache"))
+    baselines, difficulty = small_configs()
+    run, *stages = difficulty.plan()
+    other = next(p for p in baselines.plan() if p.name == "balanced_softmax")
+    assert not run.is_stage and stages and all(p.spec.parent.key() == run.key for p in stages)
+    asked = []
+    execute([run, other, *stages], RunStore("quick", tmp_path / "runs"), workers=1, progress=False,
+            admit=lambda item: asked.append(item.key) or item.key == run.key)
+    assert asked == [run.key, *(p.key for p in stages), other.key]
+
+
 def test_a_sweep_past_its_time_budget_lists_what_is_left_and_exits_3(tmp_path, monkeypatch):
     monkeypatch.setenv("LTLIB_RUNS", str(tmp_path))
     params = str(ROOT / "params" / "quick" / "01_baselines.yaml")
