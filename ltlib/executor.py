@@ -185,7 +185,7 @@ def _chained(todo: list[Planned]) -> list[Planned]:
     ordered: list[Planned] = []
     for run in [p for p in todo if not p.is_stage]:
         ordered.append(run)
-        ordered += [p for p in stages if isinstance(p.spec.parent, RunSpec) and p.spec.parent.key() == run.key]
+        ordered += [p for p in stages if _parent_in(p, {run.key})]
     return ordered + [p for p in stages if p not in ordered]
 
 
