@@ -214,11 +214,30 @@ def run(spec: RunSpec, store: RunStore, *, progress: bool = True, train: bool = 
     return Run(spec, store.get(key), trained_now=True)
 
 
-def load_trained_model(spec: RunSpec, store: RunStore, device: str = "cpu", *, progress: bool = False):
-    """The run's final model (eval mode), from its cached checkpoint; retrained when the cache lacks it.
+def _training_trace(history: list[dict]) -> list:
+    """What identifies a run's weights in its (compacted) history: per epoch the training loss and the balanced
+    validation accuracy, and the last test top-1."""
+    return [(h["epoch"], h["train_loss"], h["val_balanced"]) for h in history] + [history[-1].get("test_top1")]
 
-    A retrained run must reproduce its store entry (same numbers): on CPU with the same thread count it
-    does bit for bit; a difference is reported, since a stage computed on the new weights would not
+
+def weights_origin(state: dict, entry: dict | None, retrained: bool) -> dict:
+    """Whether a checkpoint's weights are those of the store entry of the same key: a run retrained on another CPU
+    model or library version in bf16 ends elsewhere, and a stage computed on it describes the new weights."""
+    last = state["history"][-1].get("test_top1")
+    origin = {"retrained": retrained, "last_test_top1": None if last is None else round(float(last), 3)}
+    if entry is not None:
+        stored = entry["result"]["history"]
+        origin["entry_last_test_top1"] = stored[-1].get("test_top1")
+        origin["same_as_entry"] = _training_trace(_compact_history(state["history"])) == _training_trace(stored)
+    return origin
+
+
+def trained_state(spec: RunSpec, store: RunStore, device: str = "cpu", *, progress: bool = False) -> tuple[dict, dict]:
+    """The run's final checkpoint state, from the cache or trained again when the cache lacks it, and its
+    :func:`weights_origin`.
+
+    A retrained run reproduces its store entry bit for bit on CPU with the same thread count and CPU model;
+    a difference is warned about, and the origin says so, since a stage computed on the new weights does not
     describe the stored run.
     """
     from .train import load_checkpoint
@@ -226,16 +245,24 @@ def load_trained_model(spec: RunSpec, store: RunStore, device: str = "cpu", *, p
     key = spec.key()
     path = checkpoint_path(key)
     state = load_checkpoint(path, torch.device(device))
-    if state is None or state.get("epoch") != spec.train.epochs - 1:
-        stored = store.get(key)
+    stored = store.get(key)
+    retrained = state is None or state.get("epoch") != spec.train.epochs - 1
+    if retrained:
         fresh = train_entry(spec, progress=progress)
-        if stored is not None and stored["result"]["confusion"] != fresh["result"]["confusion"]:
-            warnings.warn(f"run {key} retrained to recover its weights gives other test confusions than its store "
-                          "entry (another device, thread count or library version?); stages use the new weights",
-                          RuntimeWarning, stacklevel=2)
         if stored is None:
             store.put(fresh)
         state = load_checkpoint(path, torch.device(device))
+    origin = weights_origin(state, stored, retrained)
+    if not origin.get("same_as_entry", True):
+        warnings.warn(f"the weights of run {key} ({'retrained now' if retrained else 'cached checkpoint'}, last test "
+                      f"top-1 {origin['last_test_top1']}) are not its store entry's ({origin['entry_last_test_top1']}; "
+                      "another CPU model, thread count or library version?): stages use these weights and record it",
+                      RuntimeWarning, stacklevel=2)
+    return state, origin
+
+
+def model_from_state(spec: RunSpec, state: dict, device: str = "cpu"):
+    """The run's model (eval mode) with the checkpoint's final weights."""
     data = cached_data(spec.data)
     model = build_model(spec.model, data.num_classes, in_channels=data.train.images.shape[1], head=spec.method.head)
     model.load_state_dict(state["trainer"]["model"])

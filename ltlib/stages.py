@@ -3,7 +3,8 @@
 A stage (:class:`ltlib.experiment.StageSpec`) is keyed by its kind, its options, its seed and the key of
 the run it starts from. :func:`run_stage` reads it from the store, or computes it on the trained model:
 the backbone's weights come from the run's cached checkpoint, or the run is trained again when the cache
-lacks them (so a stage trains its backbone only when its own entry is missing). Kinds:
+lacks them (so a stage trains its backbone only when its own entry is missing); the entry records whether
+those weights are the stored run's (``backbone_weights``: bf16 training on another CPU model ends elsewhere). Kinds:
 
 ``classifier``      classifier re-training on frozen features (:mod:`ltlib.two_stage`): Difficulty-Net's stage
                     2 (LAS + LWS), LWS alone, cRT;
@@ -28,13 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .experiment import Entry, Run, RunSpec, cached_data, checkpoint_path, load_trained_model, make_records, run
+from .experiment import (Entry, Run, RunSpec, cached_data, checkpoint_path, make_records, model_from_state, run,
+                         trained_state, weights_origin)
 from .features import FeatureSet, feature_set, load_feature_set, save_feature_set, split_logits
 from .io import sha256_hex
 from .metrics import ShotThresholds, confusion_matrix, shot_thresholds
 from .provenance import provenance
 from .runtime import cpu_threads, device_type
 from .store import RunStore
+from .train import load_checkpoint
 
 
 class Backbone:
@@ -43,6 +46,7 @@ class Backbone:
     def __init__(self, spec: RunSpec, store: RunStore, device: str = "cpu"):
         self.spec, self.store, self.device = spec, store, device
         self._model = None
+        self.origin: dict | None = None   # whose weights these are (see weights_origin); None until they are read
 
     @property
     def run(self) -> Run:
@@ -54,7 +58,8 @@ class Backbone:
 
     def model(self) -> nn.Module:
         if self._model is None:
-            self._model = load_trained_model(self.spec, self.store, self.device)
+            state, self.origin = trained_state(self.spec, self.store, self.device)
+            self._model = model_from_state(self.spec, state, self.device)
         return self._model
 
     def features(self, views: int = 1, seed: int = 0) -> FeatureSet:
@@ -62,6 +67,10 @@ class Backbone:
         path = checkpoint_path(self.spec.key()).parent / f"features-{views}v-{seed}.pt"
         cached = load_feature_set(path, self.device)
         if cached is not None:
+            if self.origin is None:  # the features were computed from the checkpoint beside them
+                state = load_checkpoint(checkpoint_path(self.spec.key()), torch.device("cpu"))
+                if state is not None and state.get("epoch") == self.spec.train.epochs - 1:
+                    self.origin = weights_origin(state, self.store.get(self.spec.key()), retrained=False)
             return cached
         features = feature_set(self.model(), self.data, views=views, seed=seed, device=self.device)
         save_feature_set(path, features)
@@ -376,6 +385,8 @@ def stage_entry(spec: StageSpec, store: RunStore) -> dict:
         prov = provenance(spec.device)  # before computing: the code loaded now is the code that runs
         result = kind.compute(backbone, spec.kwargs, spec.seed)
     result["train_counts"] = train_counts
+    if getattr(backbone, "origin", None) is not None:
+        result["backbone_weights"] = backbone.origin
     return {"key": spec.key(), "kind": f"stage:{spec.kind}", "identity": spec.identity(), "spec": spec.describe(),
             "seed": spec.seed, "epochs": epochs, "parent_key": spec.parent.key(),
             "result": result, "provenance": {**prov, "wall_s": round(time.perf_counter() - started, 1)}}

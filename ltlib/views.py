@@ -67,6 +67,33 @@ def context(study, role: str = "main") -> str:
             f"{len(items)} entries of `runs/{config.profile}/`, {trained} computed in this execution")
 
 
+def weights_note(study, *roles: str) -> str:
+    """A sentence for the stages of ``roles`` that ran on backbone weights other than their stored run's ('' if none).
+
+    A backbone whose checkpoint is gone is trained again; in bf16 on another CPU model it ends elsewhere, and the
+    stage entry records that (``backbone_weights``). The backbone's own rows stay the stored run's.
+    """
+    differing = {}
+    for item in [item for role in roles for item in study.select(role)]:
+        if not item.is_stage:
+            continue
+        stage = study.get(item)
+        origin = stage.result.get("backbone_weights") or {}
+        if origin.get("same_as_entry") is False:
+            parent = item.spec.parent
+            differing[parent.key()] = (f"{item.info('backbone') or item.name.split(' + ')[0]} seed {parent.seed}", origin,
+                                       stage.entry["provenance"]["device"],
+                                       study.store.get(parent.key())["provenance"]["device"])
+    if not differing:
+        return ""
+    parts = [f"{name} ({'retrained' if origin['retrained'] else 'cached'} weights {origin['last_test_top1']:.2f} on "
+             f"{device}; stored run {origin['entry_last_test_top1']:.2f} on {stored_device})"
+             for name, origin, device, stored_device in differing.values()]
+    return (f"The stages on {names(parts)} (last-epoch test top-1) ran on backbone weights that are not the stored "
+            "run's: a backbone is trained again where its checkpoint is gone, and bf16 training on another CPU model "
+            "ends elsewhere. Those backbones' own rows are the stored runs; their stages describe the other weights.")
+
+
 def verdict_sentence(comparison: Comparison, claim: str) -> str:
     """``claim``: **holds** / **does not hold** / **cannot be separated** — with the numbers behind it."""
     word = {"holds": "**holds**", "does not hold": "**does not hold**", "no paired seeds": "**not run**",
@@ -123,4 +150,4 @@ def names(items: Sequence[str]) -> str:
 
 
 __all__ = ["context", "counted", "delta_text", "fmt", "in_notebook", "label", "names", "over_seeds", "say", "seeds_text", "show",
-           "verdict_sentence"]
+           "verdict_sentence", "weights_note"]

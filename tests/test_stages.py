@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from ltlib.executor import Planned
 from ltlib.experiment import DataSpec, RunSpec, checkpoint_path, run
 from ltlib.label_space import DLSAConfig, head_tail_separation, separation_from_summary
 from ltlib.methods import MethodRef
@@ -14,6 +15,7 @@ from ltlib.stages import Backbone, StageSpec, pairwise_more_likely, run_stage, s
 from ltlib.store import RunStore
 from ltlib.train import TrainConfig
 from ltlib.two_stage import Stage2Config
+from ltlib.views import weights_note
 
 
 def parent(seed: int = 0) -> RunSpec:
@@ -57,6 +59,37 @@ def test_a_stage_without_its_backbone_weights_retrains_the_backbone_to_the_same_
     fresh = run_stage(classifier_stage(), store)
     assert fresh.result["confusion"] == reference["confusion"]
     assert fresh.result["history"] == reference["history"]
+    assert fresh.result["backbone_weights"]["retrained"] and fresh.result["backbone_weights"]["same_as_entry"]
+
+
+def test_a_stage_on_weights_that_are_not_the_stored_runs_says_so(store):
+    """A backbone retrained elsewhere (another CPU's bf16 kernels) ends with other weights than its store entry:
+    the stage warns and records it, so a notebook does not pass it off as a stage of the stored run."""
+    run(parent(), store, progress=False)
+    run(parent(seed=1), store, progress=False)
+    stored_last = store.get(parent().key())["result"]["history"][-1]["test_top1"]
+    shutil.copy(checkpoint_path(parent(seed=1).key()), checkpoint_path(parent().key()))  # other weights, same key
+    with pytest.warns(RuntimeWarning, match="not its store entry"):
+        stage = run_stage(classifier_stage(), store)
+    origin = stage.result["backbone_weights"]
+    assert origin["same_as_entry"] is False and origin["retrained"] is False
+    assert origin["entry_last_test_top1"] == stored_last
+    assert origin["last_test_top1"] == store.get(parent(seed=1).key())["result"]["history"][-1]["test_top1"]
+    cached = run_stage(StageSpec.make("classifier", dict(classifier_stage().options), parent(), seed=1), store)
+    assert cached.result["backbone_weights"]["same_as_entry"] is False  # features from the cache: still checked
+
+    class OneStage:  # the part of a Study the sentence reads
+        def __init__(self, spec):
+            self.store, self.item = store, Planned(spec, "ce + crt", "dlsa", (("backbone", "ce"),))
+
+        def select(self, role):
+            return [self.item]
+
+        def get(self, item):
+            return run_stage(item.spec, store)
+
+    note = weights_note(OneStage(classifier_stage()), "dlsa")
+    assert f"ce seed 0 (cached weights {origin['last_test_top1']:.2f}" in note and f"stored run {stored_last:.2f}" in note
 
 
 def test_features_are_cached_and_reproduce_the_model(store):
