@@ -50,7 +50,7 @@ test: $(ENV_STAMP)  ## unit tests, the paper-profile smoke test, the report test
 	@store=$$(mktemp -d); trap 'rm -rf "$$store"' EXIT; \
 	LTLIB_RUNS=$$store LTLIB_CFFCONVERT=$(VENV)/cff/bin/cffconvert $(PY) -m pytest tests notebooks --nbval-lax --nbval-kernel-name $(KERNEL) \
 	    --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider \
-	    -n $(TEST_WORKERS) --dist loadfile $(PYTEST_FLAGS)
+	    -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=12 $(PYTEST_FLAGS)
 
 test-unit: $(ENV_STAMP)  ## unit tests only
 	@store=$$(mktemp -d); trap 'rm -rf "$$store"' EXIT; \

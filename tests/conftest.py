@@ -57,3 +57,12 @@ def real_data_folder():
             pytest.skip(f"{folder} is absent")
         return folder
     return find
+
+
+# The paper-profile test (every notebook executed twice) takes a third of the suite: started first, it runs on one
+# worker while the other takes the rest (make test passes --no-loadscope-reorder, so this order is xdist's order).
+LONGEST_FIRST = ("tests/test_paper_profile.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.nodeid.split("::", 1)[0] not in LONGEST_FIRST)  # stable: the rest keep their order
