@@ -14,6 +14,8 @@ Workers compute and return store entries; this process writes them into the stor
 any machine land in the same ``runs/<profile>/`` folder, ready to commit. A stage starts as soon as the
 run it depends on is in the store. Killing the sweep loses at most the runs in flight, and those resume
 from their checkpoints on the next call (on the same machine: checkpoints live in the cache, not the store).
+A stage on a stored run whose checkpoint is not in this machine's cache trains the run again first; its
+estimate counts that training.
 
 ``--hours H`` fits a sweep into a time slot (a batch job's limit, a working session): an entry starts only if
 its estimate says it ends within H hours of the sweep's start; the runs in flight finish, the entries left are
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .executor import Planned, SweepFailed, execute
-from .experiment import RunSpec
+from .experiment import RunSpec, checkpoint_path
 from .notebook import read_params_file
 from .stages import StageSpec
 from .store import RunStore
@@ -67,11 +69,23 @@ def _train_images(spec: RunSpec) -> int:
     return sum(long_tailed_counts(130, 10, data.imbalance, data.shape))
 
 
-def estimate(item: Planned) -> Estimate:
-    """Seconds of one worker for ``item``, from the throughput table (its basis: measured or estimated)."""
+def weights_missing(spec: StageSpec) -> bool:
+    """Whether a stage on a training run finds no checkpoint of it in this machine's cache, and so trains it again."""
+    return isinstance(spec.parent, RunSpec) and not checkpoint_path(spec.parent.key()).exists()
+
+
+def estimate(item: Planned, retrains: bool | None = None) -> Estimate:
+    """Seconds of one worker for ``item``, from the throughput table (its basis: measured or estimated).
+
+    A stage whose backbone's checkpoint is not in the cache costs the backbone's training as well (``retrains``:
+    None looks in the cache now).
+    """
     spec = item.spec
     if isinstance(spec, StageSpec):
         device = "cuda" if spec.device.startswith("cuda") else "cpu"
+        if retrains if retrains is not None else weights_missing(spec):
+            backbone = estimate(Planned(spec.parent, "backbone"))
+            return Estimate(STAGE_SECONDS[device] + backbone.seconds, backbone.basis)
         return Estimate(STAGE_SECONDS[device], "estimated")
     device = "cuda" if spec.device.startswith("cuda") else "cpu"
     threads = min(spec.cpu_threads, 2) if device == "cpu" else None
@@ -114,16 +128,22 @@ def collect(paths: Iterable[str | Path], overrides: dict | None = None,
 def describe(items: list[Planned], store: RunStore) -> str:
     """The sweep's list: one line per run or stage, with its state and estimated cost, and the totals."""
     lines, total, missing_total, bases = [], 0.0, 0.0, set()
+    retrained: set[str] = set()  # stored backbones without weights here: the first stage on each trains it again
     for item in items:
         spec = item.spec
-        cost = estimate(item)
+        retrains = (isinstance(spec, StageSpec) and item.key not in store and spec.parent.key() in store
+                    and spec.parent.key() not in retrained and weights_missing(spec))
+        if retrains:
+            retrained.add(spec.parent.key())
+        cost = estimate(item, retrains)
         total += cost.seconds
         there = item.key in store
         if not there:
             missing_total += cost.seconds
         bases.add(cost.basis)
         if isinstance(spec, StageSpec):
-            what = f"stage {spec.kind:<15} on {spec.parent.key()}"
+            what = f"stage {spec.kind:<15} on {spec.parent.key()}" + (" (trains it again: no weights here)"
+                                                                       if retrains else "")
         else:
             what = (f"{spec.data.source}/IF{spec.data.imbalance:g} {spec.model} {spec.train.epochs:>3} ep "
                     f"{'bf16' if spec.train.amp else 'fp32'}")

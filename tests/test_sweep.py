@@ -176,3 +176,26 @@ def test_the_time_budget_scales_estimates_by_the_runs_this_sweep_finished(tmp_pa
     assert not within(budget / 3600, time.perf_counter(), lambda: 100.0)(second)
     assert within(budget / 3600, time.perf_counter(), lambda: observed_scale(plan, store, set()))(second) == (
         scale * estimate(second).seconds <= budget)
+
+
+def test_a_stage_on_a_stored_run_without_its_weights_is_estimated_with_the_runs_training(tmp_path, monkeypatch):
+    import shutil
+
+    from ltlib.experiment import checkpoint_path
+
+    monkeypatch.setenv("LTLIB_CACHE", str(tmp_path / "cache"))
+    config = DifficultyNetNotebook.load("quick", {"methods": ["ce"], "seeds": [0], "epochs": 3, "milestones": [2],
+                                                  "stage2_epochs": 2, "stage2_trainable": "scale"})
+    plan = config.plan()
+    (run,) = [p for p in plan if not p.is_stage]
+    stage = next(p for p in plan if p.is_stage)
+    twin = type(stage)(type(stage.spec).make(stage.spec.kind, {**stage.spec.kwargs, "epochs": 3}, run.spec),
+                       stage.name + " (3 epochs)", stage.role)
+    store = RunStore("quick", tmp_path / "runs")
+    execute([run], store, progress=False)
+    assert estimate(stage).seconds == estimate(stage, retrains=False).seconds  # the weights are in the cache
+    assert "trains it again" not in describe([run, stage, twin], store)
+    shutil.rmtree(checkpoint_path(run.key).parent)  # another machine: the store entry, no weights
+    assert estimate(stage).seconds == pytest.approx(estimate(stage, retrains=False).seconds + estimate(run).seconds)
+    listing = describe([run, stage, twin], store)
+    assert listing.count("trains it again") == 1  # the first stage on it trains it; the next finds its weights
