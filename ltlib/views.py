@@ -79,8 +79,8 @@ def weights_note(study, *roles: str) -> str:
             continue
         stage = study.get(item)
         origin = stage.result.get("backbone_weights") or {}
-        if origin.get("same_as_entry") is False:
-            parent = item.spec.parent
+        parent = item.spec.parent
+        if origin.get("same_as_entry") is False and (parent.key() not in differing or origin["retrained"]):
             differing[parent.key()] = (f"{item.info('backbone') or item.name.split(' + ')[0]} seed {parent.seed}", origin,
                                        stage.entry["provenance"]["device"],
                                        study.store.get(parent.key())["provenance"]["device"])
