@@ -25,7 +25,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
-from .experiment import RunSpec
+from .experiment import RunSpec, final_weights_cached
+from .runtime import device_type
 from .stages import StageSpec
 from .store import RunStore
 
@@ -149,6 +150,28 @@ def execute(items: list[Planned], store: RunStore, *, workers: int = 1, executor
         return _execute_inline(todo, store, progress, admit)
     return _execute_pool(todo, store, workers=workers, executor=executor, progress=progress, address=address,
                          gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, admit=admit)
+
+
+# Models small enough that emulated bf16 costs seconds (the quick profile's CNN on 8x8 digits, its precision check).
+LIGHT_MODELS = frozenset({"small_cnn"})
+
+
+def cpu_bf16_training(items: list[Planned], store: RunStore) -> list[str]:
+    """The keys of the runs that ``items`` would train on CPU under bf16 autocast, other than of :data:`LIGHT_MODELS`:
+    missing runs, and stored runs whose last-epoch checkpoint is not in this machine's cache when a missing stage
+    needs their weights."""
+    found: list[str] = []
+    for item in items:
+        spec = item.spec
+        run = spec if isinstance(spec, RunSpec) else getattr(spec, "parent", None)
+        if (not isinstance(run, RunSpec) or item.key in store or not run.train.amp or run.model in LIGHT_MODELS
+                or device_type(run.device) != "cpu"):
+            continue
+        if isinstance(spec, StageSpec) and (run.key() not in store or final_weights_cached(run)):
+            continue  # its run is trained as an item of its own, or its weights are here
+        if run.key() not in found:
+            found.append(run.key())
+    return found
 
 
 def _bar(total: int, enabled: bool):

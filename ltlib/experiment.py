@@ -152,6 +152,18 @@ def checkpoint_path(key: str) -> Path:
     return cache_dir() / "runs" / key / "checkpoint.pt"
 
 
+def final_weights_cached(spec: RunSpec) -> bool:
+    """Whether this machine's cache holds the run's last-epoch checkpoint (a stage on it then trains nothing); the
+    checkpoint of an interrupted run, or one that does not load, does not count: the run would be trained on."""
+    from .train import CorruptFileError, load_checkpoint
+
+    try:
+        state = load_checkpoint(checkpoint_path(spec.key()), torch.device("cpu"))
+    except CorruptFileError:
+        return False
+    return state is not None and state.get("epoch") == spec.train.epochs - 1
+
+
 def _round(values, digits: int = 4):
     return [None if v is None else round(float(v), digits) for v in values]
 

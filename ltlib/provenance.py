@@ -95,6 +95,29 @@ def cpu_identity() -> dict:
     return found
 
 
+def native_bf16_in(cpuinfo: str) -> bool | None:
+    """Whether the first CPU of a ``/proc/cpuinfo`` text has bfloat16 matrix instructions (x86: AVX-512 BF16 or
+    AMX; Arm: BF16); None when the text lists no flags."""
+    for line in cpuinfo.split("\n\n", 1)[0].splitlines():
+        name, _, value = (part.strip() for part in line.partition(":"))
+        if name in ("flags", "Features"):  # x86, Arm
+            return bool(set(value.split()) & {"avx512_bf16", "amx_bf16", "bf16"})
+    return None
+
+
+@lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool | None:
+    """Whether this CPU has bfloat16 matrix instructions; None when unknown (no ``/proc/cpuinfo``).
+
+    Without them PyTorch's CPU autocast still runs in bfloat16, through emulation, an order of magnitude slower than
+    float32 (``benchmarks/epoch.py``).
+    """
+    try:
+        return native_bf16_in(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return None
+
+
 def device_name(device: str) -> str:
     import torch
 

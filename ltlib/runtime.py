@@ -8,6 +8,7 @@ a device this machine lacks is one clear error, never a silent fall-back to the 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 
 import torch
@@ -70,6 +71,34 @@ def autocast(device: torch.device, amp: bool):
     if amp and device.type in ("cuda", "cpu"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+# A ResNet-32 training step (batch 128, one thread) in fp32 over the same step under bf16 autocast on a CPU without
+# bf16 instructions: 92.0 / 9.2 img/s on an AMD EPYC (Zen 3, AVX2 only; results/benchmarks/epoch-cpu-avx2.json, made by
+# `python benchmarks/epoch.py --threads 1 --steps 3 --no-compile`; a test keeps the two in step).
+EMULATED_BF16_SLOWDOWN = 10.0
+ALLOW_EMULATED_BF16 = "LTLIB_ALLOW_EMULATED_BF16"
+
+
+def cpu_emulates_bf16() -> bool:
+    """Whether this machine's CPU is known to lack bf16 instructions (unknown CPUs are given the benefit of the doubt)."""
+    from .provenance import cpu_has_native_bf16
+
+    return cpu_has_native_bf16() is False
+
+
+def emulated_bf16_problem(runs: int) -> str | None:
+    """What is wrong with training ``runs`` runs under bf16 autocast here, and the ways out; None when nothing is (no
+    such run, a CPU with bf16 instructions or one that cannot be told, or ``$LTLIB_ALLOW_EMULATED_BF16`` is 1)."""
+    from .provenance import cpu_model
+
+    if not runs or not cpu_emulates_bf16() or os.environ.get(ALLOW_EMULATED_BF16) == "1":
+        return None
+    return (f"{runs} run(s) would train under bfloat16 autocast (amp: true) on this CPU ({cpu_model()}), which has "
+            f"neither AVX-512 BF16 nor AMX: PyTorch emulates bf16 here, about {EMULATED_BF16_SLOWDOWN:g}x slower than "
+            "fp32. Train them on a CPU with avx512_bf16 or amx_bf16 among its /proc/cpuinfo flags, or on a GPU; or "
+            f"set {ALLOW_EMULATED_BF16}=1 (the sweep's --allow-emulated-bf16) to train them here anyway (the same "
+            "runs, slowly); -p amp false trains fp32 runs instead, under other run keys.")
 
 
 def eval_batch_size(device: torch.device) -> int:

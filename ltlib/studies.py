@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from .data import PROTOCOLS, SOURCES
-from .executor import Planned, execute
+from .executor import Planned, cpu_bf16_training, execute
 from .experiment import DataSpec, RunSpec
 from .io import file_lock, write_json
 from .methods import MethodRef
@@ -27,7 +28,7 @@ from .metrics import ShotThresholds, shot_thresholds
 from .models import MODELS
 from .notebook import NotebookConfig, ParameterError, param
 from .paths import ROOT, cache_dir, results_dir
-from .runtime import DeviceError, parse_device, resolve_device
+from .runtime import DeviceError, emulated_bf16_problem, parse_device, resolve_device
 from .stages import StageSpec
 from .store import RunStore
 from .train import COMPILE_MODES, SCHEDULES, TrainConfig
@@ -453,6 +454,9 @@ class Study:
             except DeviceError as error:
                 raise DeviceError(f"{self.config.NOTEBOOK}: {len(missing)} run(s) are not in {self.store.folder} and "
                                   f"would be trained here, but: {error}") from None
+            problem = emulated_bf16_problem(len(cpu_bf16_training(missing, self.store)))
+            if problem:  # a warning, not a refusal: a notebook trains what its store lacks (the sweep refuses)
+                warnings.warn(f"{self.config.NOTEBOOK}: {problem}", RuntimeWarning, stacklevel=2)
             self.computed += execute(missing, self.store, workers=workers or getattr(self.config, "workers", 1),
                                      progress=progress)
         return missing

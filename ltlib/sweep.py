@@ -22,18 +22,25 @@ its estimate says it ends within H hours of the sweep's start; the runs in fligh
 listed and the sweep exits with status 3, so a later sweep picks them up from the committed store. Once runs of
 the sweep have finished, estimates are scaled by their measured wall time over their estimate (the throughput
 table is one machine's).
+
+bf16 autocast (``amp: true``, the cpu-real profile) is fast only on CPUs with bf16 instructions (AVX-512 BF16, AMX);
+elsewhere PyTorch emulates it, an order of magnitude slower than fp32. There the estimates say so, and the sweep
+refuses to train such ResNet runs (exit 2, naming the ways out) unless ``--allow-emulated-bf16`` is given; a notebook
+that trains them itself warns and goes on.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .executor import Planned, SweepFailed, execute
-from .experiment import RunSpec, checkpoint_path
+from .executor import Planned, SweepFailed, cpu_bf16_training, execute
+from .experiment import RunSpec, final_weights_cached
 from .notebook import read_params_file
+from .runtime import ALLOW_EMULATED_BF16, EMULATED_BF16_SLOWDOWN, cpu_emulates_bf16, emulated_bf16_problem
 from .stages import StageSpec
 from .store import RunStore
 from .studies import config_class
@@ -70,8 +77,9 @@ def _train_images(spec: RunSpec) -> int:
 
 
 def weights_missing(spec: StageSpec) -> bool:
-    """Whether a stage on a training run finds no checkpoint of it in this machine's cache, and so trains it again."""
-    return isinstance(spec.parent, RunSpec) and not checkpoint_path(spec.parent.key()).exists()
+    """Whether a stage on a training run finds no last-epoch checkpoint of it in this machine's cache, and so trains
+    it (again, or on from where an interrupted training stopped)."""
+    return isinstance(spec.parent, RunSpec) and not final_weights_cached(spec.parent)
 
 
 def estimate(item: Planned, retrains: bool | None = None) -> Estimate:
@@ -90,7 +98,10 @@ def estimate(item: Planned, retrains: bool | None = None) -> Estimate:
     device = "cuda" if spec.device.startswith("cuda") else "cpu"
     threads = min(spec.cpu_threads, 2) if device == "cpu" else None
     if spec.model == "resnet32":
-        rate, basis = THROUGHPUT.get((device, "resnet32", spec.train.amp, threads), (300.0, "estimated"))
+        emulated = device == "cpu" and spec.train.amp and cpu_emulates_bf16()
+        rate, basis = THROUGHPUT.get((device, "resnet32", spec.train.amp and not emulated, threads),
+                                     (300.0, "estimated"))
+        rate /= EMULATED_BF16_SLOWDOWN if emulated else 1.0
     else:
         rate, basis = SMALL_MODEL_THROUGHPUT
     images = _train_images(spec) * spec.train.epochs
@@ -173,6 +184,9 @@ def main(argv: list[str]) -> int:
                         "comma-separated words (e.g. schedule,precision)")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override a parameter in every file (as papermill -p)")
+    parser.add_argument("--allow-emulated-bf16", action="store_true", help="train bf16-autocast runs on a CPU "
+                        f"without bf16 instructions (~{EMULATED_BF16_SLOWDOWN:g}x slower than fp32) instead of "
+                        f"refusing; the same as {ALLOW_EMULATED_BF16}=1")
     parser.add_argument("--hours", type=float, default=None, help="start only entries whose estimate ends within "
                         "this many hours of the sweep's start; exit 3 listing the ones left")
     args = parser.parse_args(argv)
@@ -182,8 +196,19 @@ def main(argv: list[str]) -> int:
     profile, items = collect(args.files, overrides or None, (args.only or "").split(","))
     store = RunStore(profile)
     print(describe(items, store), flush=True)
+    emulated = cpu_bf16_training(items, store) if cpu_emulates_bf16() else []
+    if emulated:
+        print(f"this CPU has no bf16 instructions: {len(emulated)} run(s) would train under emulated bf16 autocast, "
+              f"~{EMULATED_BF16_SLOWDOWN:g}x slower than fp32 (their estimates count it); the sweep refuses them "
+              "unless --allow-emulated-bf16 is given", flush=True)
     if args.dry_run:
         return 0
+    if args.allow_emulated_bf16:
+        os.environ[ALLOW_EMULATED_BF16] = "1"
+    problem = emulated_bf16_problem(len(emulated)) if args.executor == "local" else None  # Ray: other machines
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     items = longest_first(items)
     there = {item.key for item in items if item.key in store}

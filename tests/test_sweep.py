@@ -1,6 +1,7 @@
 """The sweep runner: the same store entries through a notebook's path, a local process pool and Ray."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -199,3 +200,124 @@ def test_a_stage_on_a_stored_run_without_its_weights_is_estimated_with_the_runs_
     assert estimate(stage).seconds == pytest.approx(estimate(stage, retrains=False).seconds + estimate(run).seconds)
     listing = describe([run, stage, twin], store)
     assert listing.count("trains it again") == 1  # the first stage on it trains it; the next finds its weights
+
+
+@pytest.mark.parametrize("cpuinfo, native", [
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\nprocessor\t: 1\n", True),
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_tile amx_bf16\n", True),
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n\nprocessor\t: 1\nflags\t\t: avx512_bf16\n", False),
+    ("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n", True),
+    ("processor\t: 0\nFeatures\t: fp asimd\n", False),
+    ("processor\t: 0\nmodel name\t: something\n", None),
+])
+def test_bf16_instructions_are_read_from_the_first_cpu_of_cpuinfo(cpuinfo, native):
+    from ltlib.provenance import native_bf16_in
+
+    assert native_bf16_in(cpuinfo) is native
+
+
+def bf16_plan(model: str = "resnet32") -> list:
+    config = DifficultyNetNotebook.load("quick", {"methods": ["ce"], "seeds": [0], "epochs": 2, "milestones": [1],
+                                                  "stage2_epochs": 1, "amp": True, "model": model})
+    return config.plan()
+
+
+def test_bf16_training_on_a_cpu_without_bf16_instructions_is_named_with_the_ways_out(tmp_path, monkeypatch):
+    import ltlib.provenance
+    import ltlib.studies
+    from ltlib.executor import cpu_bf16_training
+    from ltlib.runtime import ALLOW_EMULATED_BF16, emulated_bf16_problem
+
+    monkeypatch.setenv("LTLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(ALLOW_EMULATED_BF16, raising=False)
+    monkeypatch.setattr(ltlib.provenance, "cpu_has_native_bf16", lambda: False)
+    store = RunStore("quick", tmp_path / "runs")
+    plan = bf16_plan()
+    (run,) = [p for p in plan if not p.is_stage]
+    assert cpu_bf16_training(plan, store) == [run.key]  # the stages' run is trained once, as an item of its own
+    assert emulated_bf16_problem(0) is None
+    assert re.search(f"1 run.*avx512_bf16.*{ALLOW_EMULATED_BF16}=1.*-p amp false", emulated_bf16_problem(1))
+    assert cpu_bf16_training(bf16_plan("small_cnn"), store) == []  # seconds even emulated: quick's precision check
+    assert cpu_bf16_training([p for p in small_configs()[0].plan() if p.role == "main"], store) == []  # fp32
+
+    # a notebook trains what its store lacks: it warns with the same words and goes on
+    config = DifficultyNetNotebook.load("quick", {"methods": ["ce"], "seeds": [0], "epochs": 2, "milestones": [1],
+                                                  "stage2_epochs": 1, "amp": True, "model": "resnet32"})
+    trained = []
+    monkeypatch.setattr(ltlib.studies, "execute", lambda items, *args, **kwargs: trained.extend(items) or [])
+    with pytest.warns(RuntimeWarning, match="03_difficulty_net: 1 run.*emulates bf16"):
+        Study(config, store).ensure(progress=False)
+    assert trained
+
+    monkeypatch.setenv(ALLOW_EMULATED_BF16, "1")
+    assert emulated_bf16_problem(1) is None
+    monkeypatch.delenv(ALLOW_EMULATED_BF16)
+    for native in (True, None):  # a CPU with bf16 instructions, or one that cannot be told, trains as asked
+        monkeypatch.setattr(ltlib.provenance, "cpu_has_native_bf16", lambda: native)
+        assert emulated_bf16_problem(1) is None
+
+
+def test_a_stage_needs_its_runs_last_epoch_checkpoint_or_counts_as_training_it(tmp_path, monkeypatch):
+    import torch
+
+    import ltlib.executor
+    from ltlib.executor import cpu_bf16_training
+    from ltlib.experiment import checkpoint_path, final_weights_cached
+
+    monkeypatch.setenv("LTLIB_CACHE", str(tmp_path / "cache"))
+    plan = [p for p in small_configs()[0].plan() if p.role == "main"][:1]
+    store = RunStore("quick", tmp_path / "runs")
+    execute(plan, store, progress=False)
+    spec = plan[0].spec
+    assert final_weights_cached(spec)
+    path = checkpoint_path(spec.key())
+    state = torch.load(path, weights_only=False)
+    torch.save({**state, "epoch": state["epoch"] - 1}, path)  # an interrupted training: a stage would train it on
+    assert not final_weights_cached(spec)
+    path.write_bytes(b"not a checkpoint")
+    assert not final_weights_cached(spec)
+
+    bf16 = bf16_plan()
+    (run,) = [p for p in bf16 if not p.is_stage]
+
+    class RunOnly(RunStore):  # the run is stored, its stages are not
+        def __contains__(self, key):
+            return key == run.key
+
+    stored = RunOnly("quick", tmp_path / "runs-bf16")
+    for cached, expected in ((True, []), (False, [run.key])):
+        monkeypatch.setattr(ltlib.executor, "final_weights_cached", lambda spec: cached)
+        assert cpu_bf16_training(bf16, stored) == expected
+
+
+def test_the_sweep_refuses_emulated_bf16_unless_allowed(tmp_path, monkeypatch, capsys):
+    import ltlib.provenance
+    from ltlib.runtime import ALLOW_EMULATED_BF16
+    from ltlib.sweep import main
+
+    monkeypatch.setenv("LTLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LTLIB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv(ALLOW_EMULATED_BF16, raising=False)
+    monkeypatch.setattr(ltlib.provenance, "cpu_has_native_bf16", lambda: False)
+    params = str(ROOT / "params" / "quick" / "03_difficulty_net.yaml")
+    overrides = ["-p", "methods", "[ce]", "-p", "seeds", "[0]", "-p", "epochs", "2", "-p", "milestones", "[1]",
+                 "-p", "stage2_epochs", "1", "-p", "amp", "true", "-p", "model", "resnet32"]
+    assert main([params, *overrides, "--dry-run"]) == 0
+    assert "1 run(s) would train under emulated bf16" in capsys.readouterr().out
+    assert main([params, *overrides]) == 2
+    assert "--allow-emulated-bf16" in capsys.readouterr().err
+    assert not list((tmp_path / "runs").rglob("*.json"))  # nothing was computed
+    # allowed, the sweep goes on to its time budget (too small here for anything to start): exit 3, not 2
+    assert main([params, *overrides, "--allow-emulated-bf16", "--hours", "1e-9"]) == 3
+
+
+def test_the_emulated_bf16_slowdown_is_the_benchmarks():
+    import json
+
+    from ltlib.runtime import EMULATED_BF16_SLOWDOWN
+
+    measured = json.loads((ROOT / "results" / "benchmarks" / "epoch-cpu-avx2.json").read_text())
+    one_thread = measured["by_threads"]["1"]
+    assert not {"avx512_bf16", "amx_bf16"} & set(measured["cpu"]["isa"])  # measured where bf16 is emulated
+    assert EMULATED_BF16_SLOWDOWN == pytest.approx(
+        one_thread["old"]["train_img_per_s"] / one_thread["new"]["train_img_per_s"], rel=0.05)
