@@ -152,6 +152,11 @@ def checkpoint_path(key: str) -> Path:
     return cache_dir() / "runs" / key / "checkpoint.pt"
 
 
+def is_final_checkpoint(state: dict | None, spec: RunSpec) -> bool:
+    """Whether a loaded checkpoint state is the run's last epoch (not an interrupted training's)."""
+    return state is not None and state.get("epoch") == spec.train.epochs - 1
+
+
 def final_weights_cached(spec: RunSpec) -> bool:
     """Whether this machine's cache holds the run's last-epoch checkpoint (a stage on it then trains nothing); the
     checkpoint of an interrupted run, or one that does not load, does not count: the run would be trained on."""
@@ -161,7 +166,7 @@ def final_weights_cached(spec: RunSpec) -> bool:
         state = load_checkpoint(checkpoint_path(spec.key()), torch.device("cpu"))
     except CorruptFileError:
         return False
-    return state is not None and state.get("epoch") == spec.train.epochs - 1
+    return is_final_checkpoint(state, spec)
 
 
 def _round(values, digits: int = 4):
@@ -258,7 +263,7 @@ def trained_state(spec: RunSpec, store: RunStore, device: str = "cpu", *, progre
     path = checkpoint_path(key)
     state = load_checkpoint(path, torch.device(device))
     stored = store.get(key)
-    retrained = state is None or state.get("epoch") != spec.train.epochs - 1
+    retrained = not is_final_checkpoint(state, spec)
     if retrained:
         fresh = train_entry(spec, progress=progress)
         if stored is None:

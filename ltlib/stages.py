@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .experiment import (Entry, Run, RunSpec, cached_data, checkpoint_path, make_records, model_from_state, run,
-                         trained_state, weights_origin)
+from .experiment import (Entry, Run, RunSpec, cached_data, checkpoint_path, is_final_checkpoint, make_records,
+                         model_from_state, run, trained_state, weights_origin)
 from .features import FeatureSet, feature_set, load_feature_set, save_feature_set, split_logits
 from .io import sha256_hex
 from .metrics import ShotThresholds, confusion_matrix, shot_thresholds
@@ -69,7 +69,7 @@ class Backbone:
         if cached is not None:
             if self.origin is None:  # the features were computed from the checkpoint beside them
                 state = load_checkpoint(checkpoint_path(self.spec.key()), torch.device("cpu"))
-                if state is not None and state.get("epoch") == self.spec.train.epochs - 1:
+                if is_final_checkpoint(state, self.spec):
                     self.origin = weights_origin(state, self.store.get(self.spec.key()), retrained=False)
             return cached
         features = feature_set(self.model(), self.data, views=views, seed=seed, device=self.device)

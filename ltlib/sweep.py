@@ -30,7 +30,6 @@ that trains them itself warns and goes on.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -203,9 +202,8 @@ def main(argv: list[str]) -> int:
               "unless --allow-emulated-bf16 is given", flush=True)
     if args.dry_run:
         return 0
-    if args.allow_emulated_bf16:
-        os.environ[ALLOW_EMULATED_BF16] = "1"
-    problem = emulated_bf16_problem(len(emulated)) if args.executor == "local" else None  # Ray: other machines
+    # Ray tasks run on other machines' CPUs
+    problem = None if args.allow_emulated_bf16 or args.executor != "local" else emulated_bf16_problem(len(emulated))
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
