@@ -74,8 +74,10 @@ class TrainingConfig(NotebookConfig):
 
     sources: list[str] = param(["digits"], "data sets: digits | cifar10-jpeg | cifar10 | cifar100 | mnist")
     imbalances: list[float] = param([10.0], "imbalance factors n_max / n_min", min=1)
-    protocol: str = param("ldam", "long-tail protocol: ldam (seeded shuffle) | cdb (25 held out, first-n)",
+    protocol: str = param("ldam", "long-tail protocol: ldam (seeded shuffle) | cdb (validation held out, first-n)",
                           choices=PROTOCOLS)
+    val_per_class: int | None = param(None, "validation images per class, which choose the reported epoch (None: 25; "
+                                      "digits 10)", min=1)
     model: str = param("small_cnn", "small_cnn | resnet32 | resnet10 | resnet18 ... (ltlib.models.MODELS)")
     methods: list[str] = param(["ce"], "methods by name, with options as 'cdb_ce:tau=1.5' (ltlib.methods.METHODS)")
     seeds: list[int] = param([0, 1, 2], "training seeds", min=0)
@@ -154,8 +156,8 @@ class TrainingConfig(NotebookConfig):
         if train.compile != "none" and not method.plain_step():
             # a method with its own step (meta-learning) runs eagerly, and its key says so
             train = dataclasses.replace(train, compile="none")
-        return RunSpec(DataSpec(source, float(imbalance), protocol or self.protocol, shape), self.model, method, train,
-                       int(seed), self.device, self.cpu_threads)
+        data = DataSpec(source, float(imbalance), protocol or self.protocol, shape, self.val_per_class)
+        return RunSpec(data, self.model, method, train, int(seed), self.device, self.cpu_threads)
 
     def grid(self, methods: list[str] | None = None, role: str = "main") -> list[Planned]:
         return [Planned(self.run_spec(entry, source, imbalance, seed), entry, role)
@@ -180,6 +182,8 @@ class DataNotebook(NotebookConfig):
     source: str = param("digits", "data set whose splits are built and shown")
     imbalances: list[float] = param([10.0, 100.0], "imbalance factors shown for the data set", min=1)
     protocols: list[str] = param(["ldam", "cdb"], "protocols shown", choices=PROTOCOLS)
+    val_per_class: int | None = param(None, "validation images per class, as in the training notebooks (None: 25; "
+                                      "digits 10)", min=1)
     samples_per_class: int = param(6, "sample images shown per class", min=1)
     seed: int = param(0, "seed of the augmentation demo", min=0)
 

@@ -147,3 +147,15 @@ def test_papermills_injected_names_are_read_from_the_history():
     history = ["import x", "profile: str = 'quick'\nepochs: int = 15", "# Parameters\nprofile = \"quick\"\nepoch = 2\n"]
     assert injected_names(history) == {"profile", "epoch"}
     assert injected_names(["a = 1"]) == set()
+
+
+def test_the_validation_split_size_is_part_of_every_run_a_notebook_needs():
+    default = BaselinesNotebook.load("quick", {"sources": ["cifar10"]})
+    explicit = BaselinesNotebook.load("quick", {"sources": ["cifar10"], "val_per_class": 25})
+    smaller = BaselinesNotebook.load("quick", {"sources": ["cifar10"], "val_per_class": 5})
+    assert [p.key for p in default.plan()] == [p.key for p in explicit.plan()]  # None is the data set's 25
+    keys = {p.key for p in smaller.plan()}
+    assert keys and not keys & {p.key for p in default.plan()}
+    assert {p.spec.data.identity()["val_per_class"] for p in smaller.plan()} == {5}
+    with pytest.raises(ParameterError, match=r"'val_per_class' must be >= 1"):
+        BaselinesNotebook.load("quick", {"val_per_class": 0})
