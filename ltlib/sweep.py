@@ -196,14 +196,14 @@ def main(argv: list[str]) -> int:
     store = RunStore(profile)
     print(describe(items, store), flush=True)
     emulated = cpu_bf16_training(items, store) if cpu_emulates_bf16() else []
-    if emulated:
-        print(f"this CPU has no bf16 instructions: {len(emulated)} run(s) would train under emulated bf16 autocast, "
-              f"~{EMULATED_BF16_SLOWDOWN:g}x slower than fp32 (their estimates count it); the sweep refuses them "
-              "unless --allow-emulated-bf16 is given", flush=True)
-    if args.dry_run:
-        return 0
     # Ray tasks run on other machines' CPUs
     problem = None if args.allow_emulated_bf16 or args.executor != "local" else emulated_bf16_problem(len(emulated))
+    if emulated:
+        print(f"this CPU has no bf16 instructions: {len(emulated)} run(s) would train under emulated bf16 autocast, "
+              f"~{EMULATED_BF16_SLOWDOWN:g}x slower than fp32 (their estimates count it)"
+              + ("; the sweep refuses them unless --allow-emulated-bf16 is given" if problem else ""), flush=True)
+    if args.dry_run:
+        return 0
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
