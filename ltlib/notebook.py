@@ -231,4 +231,8 @@ def injected_names(history: list[str]) -> set[str]:
 
 def parse_value(text: str) -> Any:
     """A ``-p name value`` value as papermill reads it (numbers, booleans; YAML for lists)."""
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ParameterError(f"the value {text!r} is not valid YAML ({problem}); quote a list as '[0, 1]'") from None

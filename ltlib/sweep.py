@@ -38,7 +38,7 @@ from typing import Iterable
 
 from .executor import Planned, SweepFailed, cpu_bf16_training, execute
 from .experiment import RunSpec, final_weights_cached
-from .notebook import read_params_file
+from .notebook import ParameterError, read_params_file
 from .runtime import ALLOW_EMULATED_BF16, EMULATED_BF16_SLOWDOWN, cpu_emulates_bf16, emulated_bf16_problem
 from .stages import StageSpec
 from .store import RunStore
@@ -191,8 +191,15 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.hours is not None and args.hours <= 0:
         parser.error(f"--hours must be a positive number of hours, not {args.hours:g}")
-    overrides = {name: parse_value(value) for name, value in args.p}
-    profile, items = collect(args.files, overrides or None, (args.only or "").split(","))
+    absent = [name for name in args.files if not Path(name).is_file()]
+    if absent:
+        parser.error(f"no parameter file {', '.join(absent)}: give params/<profile>/<notebook>.yaml files")
+    try:
+        overrides = {name: parse_value(value) for name, value in args.p}
+        profile, items = collect(args.files, overrides or None, (args.only or "").split(","))
+    except (ParameterError, ValueError) as error:  # a bad file or override: one line, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     store = RunStore(profile)
     print(describe(items, store), flush=True)
     emulated = cpu_bf16_training(items, store) if cpu_emulates_bf16() else []

@@ -46,10 +46,12 @@ def test_a_parameter_passed_to_papermill_under_a_wrong_name_fails_inside_the_ker
     assert "unknown parameter(s) ['samples_per_clas']" in run.stdout + run.stderr + out.read_text()
 
 
-def test_the_runner_refuses_bad_parameters_before_a_kernel_starts(tmp_path):
+@pytest.mark.parametrize("name, value, said", [("epoch", "2", "unknown parameter(s) ['epoch']"),
+                                               ("seeds", "[0, 1", "the value '[0, 1' is not valid YAML")])
+def test_the_runner_refuses_bad_parameters_before_a_kernel_starts(name, value, said, tmp_path):
     run = subprocess.run([sys.executable, "-m", "ltlib", "notebook", "01_baselines", "--profile", "quick",
-                          "-p", "epoch", "2", "--output", str(tmp_path / "x.ipynb")], capture_output=True, text=True)
-    assert run.returncode == 2 and "unknown parameter(s) ['epoch']" in run.stderr
+                          "-p", name, value, "--output", str(tmp_path / "x.ipynb")], capture_output=True, text=True)
+    assert run.returncode == 2 and said in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "x.ipynb").exists()
 
 

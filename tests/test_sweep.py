@@ -321,3 +321,20 @@ def test_the_emulated_bf16_slowdown_is_the_benchmarks():
     assert not {"avx512_bf16", "amx_bf16"} & set(measured["cpu"]["isa"])  # measured where bf16 is emulated
     assert EMULATED_BF16_SLOWDOWN == pytest.approx(
         one_thread["old"]["train_img_per_s"] / one_thread["new"]["train_img_per_s"], rel=0.05)
+
+
+@pytest.mark.parametrize("arguments, said", [
+    (["params/cpu-real/02_cdb_loss.yaml", "-p", "methodz", "[ce]"], "unknown parameter(s) ['methodz']"),
+    (["params/cpu-real/02_cdb_loss.yaml", "-p", "methods", '["cdb_ce:tau=1"]'],
+     "weight_methods ['cdb_ce'] must be among methods"),
+    (["params/cpu-real/02_cdb_loss.yaml", "-p", "seeds", "[0"], "the value '[0' is not valid YAML"),
+    (["params/cpu-real/02_cdb_loss.yaml", "params/quick/02_cdb_loss.yaml"], "a sweep covers one profile"),
+    (["params/cpu-real/02_cdb.yaml"], "no parameter file params/cpu-real/02_cdb.yaml"),
+])
+def test_a_sweep_given_bad_parameters_says_so_in_one_line_and_exits_2(arguments, said, tmp_path, monkeypatch):
+    monkeypatch.setenv("LTLIB_RUNS", str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "ltlib", "sweep", *arguments, "--dry-run"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr and "Traceback" not in done.stderr and not done.stdout
+    assert done.stderr.strip().splitlines()[-1].startswith(("error: ", "python -m ltlib sweep: error: "))
