@@ -60,6 +60,7 @@ RUN_NOTEBOOK := $(PY) -m ltlib notebook --profile $(PROFILE) $(if $(STORE_ONLY),
 
 $(NOTEBOOKS): %: $(ENV_STAMP)  ## (one target per notebook) execute it under PROFILE into executed/PROFILE/
 	$(RUN_NOTEBOOK) $@
+	@$(PY) -m ltlib index-figures >/dev/null
 
 # STORE_ONLY=1 (default except quick): render only the notebooks whose runs are all in runs/PROFILE/, training
 # nothing, and name the others; STORE_ONLY= trains what is missing inside the notebooks.

@@ -112,6 +112,11 @@ def test_every_committed_record_resolves_in_the_run_store(path):
         assert store.get(key) is not None, f"{path.name}: record of run {key} has no entry in runs/cpu-real/"
 
 
+def test_the_figure_index_is_generated_from_the_committed_figures():
+    assert (ROOT / "figures" / "INDEX.md").read_text() == figures.index_text(), \
+        "run `python -m ltlib index-figures` after the figures change"
+
+
 def test_the_readme_results_section_is_generated_from_the_committed_results():
     from ltlib.readme import current_block, results_block
 
