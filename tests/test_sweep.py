@@ -325,8 +325,8 @@ def test_the_emulated_bf16_slowdown_is_the_benchmarks():
 
 @pytest.mark.parametrize("arguments, said", [
     (["params/cpu-real/02_cdb_loss.yaml", "-p", "methodz", "[ce]"], "unknown parameter(s) ['methodz']"),
-    (["params/cpu-real/02_cdb_loss.yaml", "-p", "methods", '["cdb_ce:tau=1"]'],
-     "weight_methods ['cdb_ce'] must be among methods"),
+    (["params/cpu-real/02_cdb_loss.yaml", "-p", "methods", '["cdb_ce:tau=1"]', "-p", "weight_methods", "[cdb_ce]"],
+     "weight_methods ['cdb_ce'] must be among methods ['cdb_ce:tau=1']"),
     (["params/cpu-real/02_cdb_loss.yaml", "-p", "seeds", "[0"], "the value '[0' is not valid YAML"),
     (["params/cpu-real/02_cdb_loss.yaml", "params/quick/02_cdb_loss.yaml"], "a sweep covers one profile"),
     (["params/cpu-real/02_cdb.yaml"], "no parameter file params/cpu-real/02_cdb.yaml"),
