@@ -16,6 +16,7 @@ from ltlib.data import DeviceBatches, load_long_tailed
 from ltlib.methods import build_method, parse_method
 from ltlib.methods.difficulty_net import DifficultyNet, DifficultyNetMethod, difficulty_target
 from ltlib.models import build_model
+from ltlib.runtime import autocast
 from ltlib.train import TrainConfig, fit
 
 ACC = [0.9, 0.6, 0.3]
@@ -90,6 +91,10 @@ def test_network_shape_and_uniform_start():
     # all-zero input and no bias: d̂ = σ(0) = 0.5 for every class, so the first epoch is uniform
     np.testing.assert_allclose(method.current_difficulty().numpy(), 0.5)
     assert method.class_weight() == [1.0] * 5
+    # the class weights keep float32 precision under a run's bf16 autocast
+    method.on_epoch_end(0, np.array([0.91, 0.62, 0.33, 0.14, 0.05]))
+    with autocast(torch.device("cpu"), True):
+        assert method.current_difficulty().dtype == torch.float32
 
 
 def test_building_the_method_leaves_the_global_random_stream_alone():
@@ -161,6 +166,25 @@ def test_exact_meta_gradient_matches_create_graph_in_float64():
     total = driven.meta_gradient(model, images, targets, meta_images, meta_targets, lr=0.5).gradients
     for a, b, c in zip(total, reference, driver_grads):
         assert float((a - (b + c)).norm() / (b + c).norm()) < 1e-6
+
+
+def test_exact_meta_gradient_runs_under_bf16_autocast_and_agrees_with_float32(digits):
+    """cpu-real and paper train under bf16 autocast; forward-mode AD does not pass through autocast, so a
+    convolutional model is where a mixed-precision meta step would break."""
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, in_channels=1).train()
+    images = DeviceBatches(digits.train, digits.mean, digits.std, "cpu")._normalise(digits.train.images[:32])
+    meta = DeviceBatches(digits.val, digits.mean, digits.std, "cpu")
+    meta_images, meta_targets = meta._normalise(digits.val.images[:30]), digits.val.labels[:30]
+    method = build_method("difficulty_net", digits.train_counts, driver_weight=0.0)
+    method.on_epoch_end(0, np.linspace(0.1, 0.9, 10))
+    gradients = {}
+    for amp in (False, True):
+        with autocast(torch.device("cpu"), amp):
+            step = method.meta_gradient(model, images, digits.train.labels[:32], meta_images, meta_targets, lr=0.1)
+        gradients[amp] = torch.cat([g.flatten() for g in step.gradients])
+    assert gradients[False].norm() > 0
+    assert float((gradients[True] - gradients[False]).norm() / gradients[False].norm()) < 0.05
 
 
 def attached(method, data, seed=0):

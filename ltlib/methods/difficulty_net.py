@@ -112,7 +112,10 @@ class DifficultyNet(nn.Module):
             nn.Linear(hidden, num_classes, bias=bias))
 
     def forward(self, accuracy: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.layers(accuracy))
+        # In the parameters' precision: under a run's bf16 autocast its output (the class weights) would keep
+        # ~3 significant digits and its Adam steps of lr 1e-5 would mostly round away; it costs nothing either way.
+        with torch.autocast(accuracy.device.type, enabled=False):
+            return torch.sigmoid(self.layers(accuracy.to(self.layers[0].weight.dtype)))
 
 
 def difficulty_target(accuracy: torch.Tensor, target: str = "relative") -> torch.Tensor:
@@ -355,7 +358,10 @@ class DifficultyNetMethod(Method):
         def per_sample(params):
             return self.loss.per_sample(_stateless_forward(model, params, images), targets)
 
-        with warnings.catch_warnings():
+        # Forward-mode AD does not pass through autocast (under bf16 autocast the dual weights are cast and the
+        # input is not, and the convolution refuses the mix), so the directional derivative runs in float32, as
+        # the official code runs its whole meta step; the rest of the step keeps the run's precision.
+        with warnings.catch_warnings(), torch.autocast(images.device.type, enabled=False):
             # torch's first forward-mode call loads its JVP decompositions through torch.jit.script,
             # which warns of its own deprecation: internal to torch, nothing a user can act on.
             warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=DeprecationWarning)
