@@ -30,6 +30,7 @@ that trains them itself warns and goes on.
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -54,7 +55,22 @@ THROUGHPUT = {
     ("cuda", "resnet32", False, None): (45000.0, "estimated"), ("cuda", "resnet32", True, None): (60000.0, "estimated"),
 }
 SMALL_MODEL_THROUGHPUT = (20000.0, "estimated")       # small CNN on 8x8 digits, CPU
-METHOD_COST = {"difficulty_net": 3.8, "difficulty_net_as_released": 1.03}  # x a plain step (benchmarks/meta_step.py)
+# A step of these methods in plain steps, by (batch size, bf16 autocast): benchmarks/meta_step.py, CPU, ResNet-32, meta
+# batch 100 (results/benchmarks/meta_step-*.json; a test keeps the two in step). The meta batch does not shrink with
+# the training batch and the forward-mode derivative stays in float32, so cpu-real's batch 32 under bf16 costs more.
+METHOD_COST = {
+    "difficulty_net": {(128, False): 3.82, (32, True): 6.33},
+    "difficulty_net_as_released": {(128, False): 1.03, (32, True): 1.07},
+}
+
+
+def method_cost(name: str, batch_size: int, amp: bool) -> float:
+    """Plain steps per step of ``name``: the measurement of the same precision and the nearest batch size."""
+    table = METHOD_COST.get(name)
+    if not table:
+        return 1.0
+    candidates = [key for key in table if key[1] == amp] or list(table)
+    return table[min(candidates, key=lambda key: abs(math.log(key[0] / batch_size)))]
 STAGE_SECONDS = {"cpu": 60.0, "cuda": 20.0}           # rough, per stage (classifier re-training, DLSA, analyses)
 
 
@@ -105,7 +121,8 @@ def estimate(item: Planned, retrains: bool | None = None) -> Estimate:
         rate, basis = SMALL_MODEL_THROUGHPUT
     images = _train_images(spec) * spec.train.epochs
     evaluation = 0.15 * images / rate  # validation every epoch + test at the reported epochs (~15 %)
-    return Estimate(METHOD_COST.get(spec.method.name, 1.0) * images / rate + evaluation, basis)
+    cost = method_cost(spec.method.name, spec.train.batch_size, spec.train.amp)
+    return Estimate(cost * images / rate + evaluation, basis)
 
 
 def collect(paths: Iterable[str | Path], overrides: dict | None = None,

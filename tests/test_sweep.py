@@ -323,6 +323,26 @@ def test_the_emulated_bf16_slowdown_is_the_benchmarks():
         one_thread["old"]["train_img_per_s"] / one_thread["new"]["train_img_per_s"], rel=0.05)
 
 
+def test_the_meta_step_costs_are_the_benchmarks():
+    import json
+
+    from ltlib.sweep import METHOD_COST, method_cost
+
+    measured = {}
+    for path in sorted((ROOT / "results" / "benchmarks").glob("meta_step-*.json")):
+        result = json.loads(path.read_text())
+        for name, ratio in result["ratio_to_plain"].items():
+            measured[name, result["batch_size"], result.get("amp", False)] = ratio  # files before --amp: float32
+    table = {(name, *key): cost for name, costs in METHOD_COST.items() for key, cost in costs.items()}
+    assert table.keys() <= measured.keys()
+    for key, cost in table.items():
+        assert cost == pytest.approx(measured[key], rel=0.01), key
+    # a configuration between the measured ones takes the same precision's nearest batch size
+    assert method_cost("difficulty_net", 48, True) == METHOD_COST["difficulty_net"][32, True]
+    assert method_cost("difficulty_net", 256, False) == METHOD_COST["difficulty_net"][128, False]
+    assert method_cost("ce", 32, True) == 1.0
+
+
 @pytest.mark.parametrize("arguments, said", [
     (["params/cpu-real/02_cdb_loss.yaml", "-p", "methodz", "[ce]"], "unknown parameter(s) ['methodz']"),
     (["params/cpu-real/02_cdb_loss.yaml", "-p", "methods", '["cdb_ce:tau=1"]', "-p", "weight_methods", "[cdb_ce]"],
