@@ -8,12 +8,14 @@ is bumped whenever a change to ltlib changes what a run computes. Evaluation-onl
 / few thresholds, names in tables) are not part of it: they are applied when records are made.
 
 :func:`run` returns the run's :class:`Run`, read from the store (``runs/<profile>/<key>.json``) when it is
-there, trained and stored otherwise; a per-epoch checkpoint in the cache lets a killed run resume.
+there, trained and stored otherwise; a per-epoch checkpoint in the cache lets a killed run resume, here or, once
+``python -m ltlib sweep --park`` has put it beside the entries (:func:`unpark`), on another machine.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from .data import LongTailedData, load_long_tailed, resolve_val_per_class
-from .io import sha256_hex
+from .io import atomic_write_bytes, sha256_hex
 from .methods import MethodRef
 from .metrics import ShotThresholds, shot_thresholds, summarize
 from .models import build_model
@@ -152,6 +154,32 @@ def checkpoint_path(key: str) -> Path:
     return cache_dir() / "runs" / key / "checkpoint.pt"
 
 
+def checkpoint_epoch(path: Path) -> int:
+    """The last epoch a checkpoint file holds (-1 when there is none)."""
+    from .train import load_checkpoint
+
+    state = load_checkpoint(path, torch.device("cpu"))
+    return -1 if state is None else int(state["epoch"])
+
+
+def copy_checkpoint(source: Path, destination: Path) -> None:
+    with open(source, "rb") as fh:
+        atomic_write_bytes(destination, lambda out: shutil.copyfileobj(fh, out))
+
+
+def unpark(key: str, store: RunStore) -> int | None:
+    """Put the run's parked checkpoint (``store.parked_path``) into this machine's cache when it is further along
+    than the cache's own; returns the epoch it resumes after, or None when the cache is kept."""
+    parked = store.parked_path(key)
+    if not parked.exists():
+        return None
+    epoch = checkpoint_epoch(parked)
+    if epoch <= checkpoint_epoch(checkpoint_path(key)):
+        return None
+    copy_checkpoint(parked, checkpoint_path(key))
+    return epoch
+
+
 def is_final_checkpoint(state: dict | None, spec: RunSpec) -> bool:
     """Whether a loaded checkpoint state is the run's last epoch (not an interrupted training's)."""
     return state is not None and state.get("epoch") == spec.train.epochs - 1
@@ -226,6 +254,7 @@ def run(spec: RunSpec, store: RunStore, *, progress: bool = True, train: bool = 
         entry = store.get(key)  # another process may have finished it while this one waited
         if entry is not None:
             return Run(spec, entry)
+        unpark(key, store)
         entry = train_entry(spec, progress=progress)
         store.put(entry)
     return Run(spec, store.get(key), trained_now=True)

@@ -9,6 +9,8 @@ a stage's key covers its own configuration and the key of the run it starts from
 Entries are written atomically (temporary file + rename) under a lock, so concurrent writers lose
 nothing; each carries a checksum of its content, so an entry edited by hand or damaged is detected when
 read and named with the fix. The folder is what a notebook reads first: only what is missing is trained.
+A run too long for one sitting can be parked: its checkpoint goes to ``<profile>/in-progress/<key>.pt`` until
+its entry is written.
 """
 from __future__ import annotations
 
@@ -72,7 +74,14 @@ class RunStore:
         path = self.path(entry["key"])
         with file_lock(self.lock_path()):
             write_json(path, entry)
+            # the finished entry supersedes the checkpoint its run was parked with
+            self.parked_path(entry["key"]).unlink(missing_ok=True)
         return path
+
+    def parked_path(self, key: str) -> Path:
+        """Where ``python -m ltlib sweep --park`` leaves the checkpoint of an unfinished run, to be committed beside
+        the entries: a sweep on another machine resumes from it (the cache, where checkpoints live, stays behind)."""
+        return self.folder / "in-progress" / f"{self.path(key).stem}.pt"
 
     def lock_path(self) -> Path:
         return cache_dir() / "locks" / f"store-{self.profile}.lock"

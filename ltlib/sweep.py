@@ -14,6 +14,9 @@ Workers compute and return store entries; this process writes them into the stor
 any machine land in the same ``runs/<profile>/`` folder, ready to commit. A stage starts as soon as the
 run it depends on is in the store. Killing the sweep loses at most the runs in flight, and those resume
 from their checkpoints on the next call (on the same machine: checkpoints live in the cache, not the store).
+A run longer than a sitting moves between machines with ``--park``: it copies the cached checkpoints of the
+sweep's unfinished runs to ``runs/<profile>/in-progress/`` to be committed; a sweep elsewhere resumes from them
+and the entry, once written, replaces its parked checkpoint.
 A stage on a stored run whose checkpoint is not in this machine's cache trains the run again first; its
 estimate counts that training.
 
@@ -38,7 +41,8 @@ from pathlib import Path
 from typing import Iterable
 
 from .executor import Planned, SweepFailed, cpu_bf16_training, execute
-from .experiment import RunSpec, final_weights_cached
+from .experiment import (RunSpec, checkpoint_epoch, checkpoint_path, copy_checkpoint,
+                         final_weights_cached)
 from .notebook import ParameterError, read_params_file
 from .runtime import ALLOW_EMULATED_BF16, EMULATED_BF16_SLOWDOWN, cpu_emulates_bf16, emulated_bf16_problem
 from .stages import StageSpec
@@ -203,6 +207,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--allow-emulated-bf16", action="store_true", help="train bf16-autocast runs on a CPU "
                         f"without bf16 instructions (~{EMULATED_BF16_SLOWDOWN:g}x slower than fp32) instead of "
                         f"refusing; the same as {ALLOW_EMULATED_BF16}=1")
+    parser.add_argument("--park", action="store_true", help="train nothing: copy the cached checkpoints of the "
+                        "sweep's unfinished runs to runs/<profile>/in-progress/ (commit them; a sweep on another "
+                        "machine resumes from there, and each is removed when its entry is written)")
     parser.add_argument("--hours", type=float, default=None, help="start only entries whose estimate ends within "
                         "this many hours of the sweep's start; exit 3 listing the ones left")
     args = parser.parse_args(argv)
@@ -228,6 +235,9 @@ def main(argv: list[str]) -> int:
               + ("; the sweep refuses them unless --allow-emulated-bf16 is given" if problem else ""), flush=True)
     if args.dry_run:
         return 0
+    if args.park:
+        print(park(items, store))
+        return 0
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -250,6 +260,28 @@ def main(argv: list[str]) -> int:
               "worker:\n" + "\n".join(f"  {item.label}" for item in left))
         return 3
     return 0
+
+
+def park(items: Iterable[Planned], store: RunStore) -> str:
+    """Copy the cache's checkpoints of the training runs in ``items`` that are not in ``store`` to
+    ``store.parked_path`` where they are further along than what is parked there; returns what was done."""
+    lines = []
+    for item in items:
+        if item.is_stage or item.key in store:
+            continue
+        cached, parked = checkpoint_path(item.key), store.parked_path(item.key)
+        epoch = checkpoint_epoch(cached)
+        if epoch < 0:
+            continue
+        of = f"epoch {epoch + 1} of {item.spec.train.epochs}"
+        if epoch <= checkpoint_epoch(parked):
+            lines.append(f"kept    {item.label}: the parked checkpoint is as far ({of})")
+            continue
+        copy_checkpoint(cached, parked)
+        lines.append(f"parked  {item.label}: {of}, {parked.stat().st_size / 2**20:.1f} MiB")
+    if not lines:
+        return "nothing to park: no unfinished run of this sweep has a checkpoint in this machine's cache"
+    return "\n".join(lines + [f"commit {store.folder / 'in-progress'} with the entries"])
 
 
 def longest_first(items: list[Planned]) -> list[Planned]:

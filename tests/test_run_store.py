@@ -212,3 +212,36 @@ def test_a_run_killed_mid_training_resumes_to_the_same_numbers(tmp_path, kill_af
     assert resumed.result["confusion"] == reference.result["confusion"]
     assert resumed.result["history"] == reference.result["history"]
     assert np.array_equal(resumed.confusion("val"), reference.confusion("val"))
+
+
+def test_a_parked_checkpoint_carries_an_unfinished_run_to_another_machine(tmp_path, monkeypatch, capsys):
+    import functools
+
+    import ltlib.experiment
+    from ltlib.executor import Planned
+    from ltlib.paths import ROOT
+    from ltlib.sweep import main, park
+    from ltlib.train import fit
+
+    spec = tiny_spec(epochs=4)
+    reference = run(spec, RunStore("quick", tmp_path / "ref"), progress=False)
+    store, item = RunStore("quick", tmp_path / "runs"), Planned(spec, "ce")
+    # machine A: the session ends after two of four epochs
+    monkeypatch.setenv("LTLIB_CACHE", str(tmp_path / "cache-a"))
+    assert park([item], store).startswith("nothing to park")
+    monkeypatch.setattr(ltlib.experiment, "fit", functools.partial(fit, stop_after=2))
+    ltlib.experiment.train_entry(spec, progress=False)
+    monkeypatch.setattr(ltlib.experiment, "fit", fit)
+    said = park([item], store)
+    assert "parked" in said and "epoch 2 of 4" in said and store.parked_path(spec.key()).exists()
+    assert "kept" in park([item], store)  # parking again copies nothing older or equal
+    # machine B: an empty cache and the committed folder; the run goes on from epoch 3 to the same numbers
+    monkeypatch.setenv("LTLIB_CACHE", str(tmp_path / "cache-b"))
+    resumed = run(spec, store, progress=False)
+    assert resumed.history == reference.history and resumed.result["confusion"] == reference.result["confusion"]
+    assert resumed.entry["provenance"]["resumed"] is True
+    assert not store.parked_path(spec.key()).exists()  # the entry replaces its parked checkpoint
+    # the command line: nothing of the quick plan is in this cache
+    monkeypatch.setenv("LTLIB_RUNS", str(tmp_path / "runs-cli"))
+    assert main([str(ROOT / "params" / "quick" / "02_cdb_loss.yaml"), "--park"]) == 0
+    assert "nothing to park" in capsys.readouterr().out
