@@ -79,8 +79,8 @@ class RunStore:
         return path
 
     def parked_path(self, key: str) -> Path:
-        """Where ``python -m ltlib sweep --park`` leaves the checkpoint of an unfinished run, to be committed beside
-        the entries: a sweep on another machine resumes from it (the cache, where checkpoints live, stays behind)."""
+        """Where ``python -m ltlib sweep --park`` leaves the checkpoint of an unfinished run, beside the entries but
+        git-ignored (weights are not results): copied to another machine, a sweep there resumes from it."""
         return self.folder / "in-progress" / f"{self.path(key).stem}.pt"
 
     def lock_path(self) -> Path:

@@ -15,7 +15,8 @@ any machine land in the same ``runs/<profile>/`` folder, ready to commit. A stag
 run it depends on is in the store. Killing the sweep loses at most the runs in flight, and those resume
 from their checkpoints on the next call (on the same machine: checkpoints live in the cache, not the store).
 A run longer than a sitting moves between machines with ``--park``: it copies the cached checkpoints of the
-sweep's unfinished runs to ``runs/<profile>/in-progress/`` to be committed; a sweep elsewhere resumes from them
+sweep's unfinished runs to ``runs/<profile>/in-progress/`` (git-ignored: weights travel beside the repository,
+e.g. with rsync); a sweep elsewhere resumes from them
 and the entry, once written, replaces its parked checkpoint.
 A stage on a stored run whose checkpoint is not in this machine's cache trains the run again first; its
 estimate counts that training.
@@ -208,7 +209,7 @@ def main(argv: list[str]) -> int:
                         f"without bf16 instructions (~{EMULATED_BF16_SLOWDOWN:g}x slower than fp32) instead of "
                         f"refusing; the same as {ALLOW_EMULATED_BF16}=1")
     parser.add_argument("--park", action="store_true", help="train nothing: copy the cached checkpoints of the "
-                        "sweep's unfinished runs to runs/<profile>/in-progress/ (commit them; a sweep on another "
+                        "sweep's unfinished runs to runs/<profile>/in-progress/ (copy that folder to the next machine; a sweep there "
                         "machine resumes from there, and each is removed when its entry is written)")
     parser.add_argument("--hours", type=float, default=None, help="start only entries whose estimate ends within "
                         "this many hours of the sweep's start; exit 3 listing the ones left")
@@ -281,7 +282,7 @@ def park(items: Iterable[Planned], store: RunStore) -> str:
         lines.append(f"parked  {item.label}: {of}, {parked.stat().st_size / 2**20:.1f} MiB")
     if not lines:
         return "nothing to park: no unfinished run of this sweep has a checkpoint in this machine's cache"
-    return "\n".join(lines + [f"commit {store.folder / 'in-progress'} with the entries"])
+    return "\n".join(lines + [f"copy {store.folder / 'in-progress'} to the machine that goes on (it is not committed)"])
 
 
 def longest_first(items: list[Planned]) -> list[Planned]:
