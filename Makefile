@@ -56,7 +56,10 @@ test-unit: $(ENV_STAMP)  ## unit tests only
 	@store=$$(mktemp -d); trap 'rm -rf "$$store"' EXIT; \
 	LTLIB_RUNS=$$store $(PY) -m pytest tests -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_FLAGS)
 
-RUN_NOTEBOOK := $(PY) -m ltlib notebook --profile $(PROFILE) $(if $(STORE_ONLY),--store-only)
+# AVAILABLE=1 (default where STORE_ONLY): a notebook whose runs are not all stored is rendered for the methods that
+# are complete, and names the others; AVAILABLE= refuses it instead.
+AVAILABLE    ?= $(STORE_ONLY)
+RUN_NOTEBOOK := $(PY) -m ltlib notebook --profile $(PROFILE) $(if $(STORE_ONLY),--store-only) $(if $(AVAILABLE),--available)
 
 $(NOTEBOOKS): %: $(ENV_STAMP)  ## (one target per notebook) execute it under PROFILE into executed/PROFILE/
 	$(RUN_NOTEBOOK) $@

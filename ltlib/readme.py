@@ -81,6 +81,12 @@ def rendering_status(profile: str = "cpu-real") -> str:
     from .store import RunStore
     from .studies import CONFIGS, Study
 
+    def what(config) -> str:
+        if not hasattr(config, "methods"):
+            return ""
+        seeds = ", ".join(map(str, config.seeds))
+        return f" ({', '.join(config.methods)}; seed{'s' if len(config.seeds) > 1 else ''} {seeds})"
+
     rendered, waiting = [], []
     store = RunStore(profile, ROOT / "runs")  # the committed store, whatever $LTLIB_RUNS says
     for cls in CONFIGS:
@@ -89,12 +95,18 @@ def rendering_status(profile: str = "cpu-real") -> str:
         study = Study(config, store)
         planned, missing = study.items, study.missing()
         executed = (ROOT / "executed" / profile / f"{nb}.ipynb").exists()
-        what = ""
-        if hasattr(config, "methods") and planned:
-            seeds = ", ".join(map(str, config.seeds))
-            what = f" ({', '.join(config.methods)}; seed{'s' if len(config.seeds) > 1 else ''} {seeds})"
+        link = f"[{nb}](executed/{profile}/{nb}.ipynb)"
         if executed and not missing:
-            rendered.append(f"[{nb}](executed/{profile}/{nb}.ipynb){what}")
+            rendered.append(link + (what(config) if planned else ""))
+            continue
+        results = _load(ROOT / "results" / profile / f"{nb}.json")
+        shown = cls.from_values(results["config"]) if executed and results else None
+        narrowed = (shown is not None and hasattr(shown, "methods")  # the profile's parameters, fewer methods
+                    and {**shown.as_dict(), "methods": config.methods} == config.as_dict())
+        if narrowed and not Study(shown, store).missing():
+            left_out = [m for m in config.methods if m not in shown.methods]
+            rendered.append(f"{link} in part{what(shown)}, without {', '.join(left_out)} "
+                            f"({len(missing)} of {len(planned)} runs and stages missing)")
         else:
             waiting.append(f"{nb} ({len(missing)} of {len(planned)} runs and stages missing)" if missing
                            else f"{nb} (all runs in the store; not executed yet)")

@@ -40,18 +40,56 @@ def missing_runs(notebook: str, profile: str, overrides: dict | None = None) -> 
     return Study(config_class(notebook).load(profile, overrides), RunStore(profile)).missing()
 
 
+def _missing_message(notebook: str, profile: str, missing: list) -> str:
+    names = ", ".join(m.label for m in missing[:6])
+    more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+    return (f"{notebook} ({profile}): {len(missing)} of its runs are not in the store: {names}{more}; "
+            f"train them with `python -m ltlib sweep params/{profile}/{notebook}.yaml --workers 2`")
+
+
+def available_overrides(notebook: str, profile: str, overrides: dict | None = None) -> dict:
+    """``overrides`` narrowed to the methods whose runs and stages are all in the store.
+
+    A notebook whose sweep is half done can then be read for what is finished; the rendered notebook names the
+    methods it leaves out (:func:`ltlib.views.context`). Raises :class:`MissingRuns` when nothing would remain
+    or when the runs that remain are not a plan of their own (e.g. a required baseline is missing).
+    """
+    overrides = dict(overrides or {})
+    from .store import RunStore
+    from .studies import Study
+
+    study = Study(config_class(notebook).load(profile, overrides), RunStore(profile))
+    missing = study.missing()
+    if not missing:
+        return overrides
+    complete = study.complete_methods()
+    left_out = [m for m in getattr(study.config, "methods", []) if m not in complete]
+    if not complete or not left_out:
+        raise MissingRuns(_missing_message(notebook, profile, missing) + "; no method can be rendered without them")
+    narrowed = {**overrides, "methods": complete}
+    try:
+        still = missing_runs(notebook, profile, narrowed)
+    except ParameterError as error:
+        raise MissingRuns(f"{notebook} ({profile}): without {left_out} the notebook cannot run: {error}") from None
+    if still:
+        raise MissingRuns(_missing_message(notebook, profile, still) + f" (besides the methods {left_out})")
+    return narrowed
+
+
 def execute(notebook: str, profile: str, overrides: dict | None = None, output: Path | None = None,
-            kernel: str = KERNEL, store_only: bool = False) -> Path:
-    """Run ``notebook`` under ``profile`` into ``output`` (default ``executed/<profile>/<notebook>.ipynb``)."""
+            kernel: str = KERNEL, store_only: bool = False, available: bool = False) -> Path:
+    """Run ``notebook`` under ``profile`` into ``output`` (default ``executed/<profile>/<notebook>.ipynb``).
+
+    ``store_only`` refuses when a run is missing; ``available`` renders the methods that are complete instead.
+    """
     import papermill
 
     config_class(notebook).load(profile, overrides)  # fails here, naming the parameter, before a kernel starts
-    if store_only and (missing := missing_runs(notebook, profile, overrides)):
-        names = ", ".join(m.label for m in missing[:6])
-        more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
-        raise MissingRuns(f"{notebook} ({profile}): {len(missing)} of its runs are not in the store: {names}{more}; "
-                          f"train them with `python -m ltlib sweep params/{profile}/{notebook}.yaml --workers 2` "
-                          f"(or drop --store-only to train them here)")
+    if available:
+        overrides = available_overrides(notebook, profile, overrides)
+    elif store_only and (missing := missing_runs(notebook, profile, overrides)):
+        raise MissingRuns(_missing_message(notebook, profile, missing)
+                          + " (or drop --store-only to train them here, or pass --available to render the rest)")
     params_file = ROOT / "params" / profile / f"{notebook}.yaml"
     parameters = {**(read_params_file(params_file) if params_file.exists() else {}), **(overrides or {}),
                   "profile": profile}
@@ -115,10 +153,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     parser.add_argument("--store-only", action="store_true",
                         help="render from the run store alone; refuse (exit 3) if a run is missing")
+    parser.add_argument("--available", action="store_true",
+                        help="render from the run store the methods whose runs are all there, naming the methods "
+                             "left out; refuse (exit 3) if none is complete")
     args = parser.parse_args(argv)
     try:
         path = execute(args.notebook, args.profile, {n: parse_value(v) for n, v in args.p},
-                       Path(args.output) if args.output else None, store_only=args.store_only)
+                       Path(args.output) if args.output else None, store_only=args.store_only,
+                       available=args.available)
     except ParameterError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -448,6 +448,11 @@ class Study:
     def missing(self) -> list[Planned]:
         return [p for p in self.items if p.key not in self.store]
 
+    def complete_methods(self) -> list[str]:
+        """The entries of ``config.methods`` whose runs, and every stage built on them, are all in the store."""
+        incomplete = {trained_method(p.spec) for p in self.missing()}
+        return [m for m in getattr(self.config, "methods", []) if self.config.method_ref(m) not in incomplete]
+
     def ensure(self, workers: int | None = None, progress: bool = True) -> list[Planned]:
         """Train / compute what the store lacks (``workers`` processes; default the config's) and return it."""
         missing = self.missing()
@@ -485,9 +490,12 @@ class Study:
         config = self.config
         return shot_thresholds(source, getattr(config, "many_above", None), getattr(config, "few_below", None))
 
-    def records(self, role: str = "main", **where) -> list[dict]:
+    def records(self, role: str = "main", *, stored_only: bool = False, **where) -> list[dict]:
+        """The records of ``role``'s entries; ``stored_only`` skips those the store lacks instead of failing."""
         out = []
         for item in self.select(role, **where):
+            if stored_only and item.key not in self.store:
+                continue
             entry = self.get(item)
             meta = {k: v for k, v in item.meta}
             out += [{**r, **meta, "role": role} for r in entry.records(name=item.name,
@@ -511,6 +519,13 @@ class Study:
         with file_lock(cache_dir() / "locks" / f"results-{self.config.profile}-{self.config.NOTEBOOK}.lock"):
             write_json(path, payload)
         return path
+
+
+def trained_method(spec) -> MethodRef | None:
+    """The method of the training run at the root of ``spec`` (a run, or a stage on one); None for feature files."""
+    while isinstance(spec, StageSpec):
+        spec = spec.parent
+    return getattr(spec, "method", None)
 
 
 def config_class(notebook: str):

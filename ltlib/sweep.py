@@ -102,11 +102,11 @@ def weights_missing(spec: StageSpec) -> bool:
     return isinstance(spec.parent, RunSpec) and not final_weights_cached(spec.parent)
 
 
-def estimate(item: Planned, retrains: bool | None = None) -> Estimate:
+def estimate(item: Planned, retrains: bool | None = None, epochs_done: int = 0) -> Estimate:
     """Seconds of one worker for ``item``, from the throughput table (its basis: measured or estimated).
 
     A stage whose backbone's checkpoint is not in the cache costs the backbone's training as well (``retrains``:
-    None looks in the cache now).
+    None looks in the cache now). A run that resumes after ``epochs_done`` epochs costs the epochs left.
     """
     spec = item.spec
     if isinstance(spec, StageSpec):
@@ -124,7 +124,7 @@ def estimate(item: Planned, retrains: bool | None = None) -> Estimate:
         rate /= EMULATED_BF16_SLOWDOWN if emulated else 1.0
     else:
         rate, basis = SMALL_MODEL_THROUGHPUT
-    images = _train_images(spec) * spec.train.epochs
+    images = _train_images(spec) * (spec.train.epochs - min(epochs_done, spec.train.epochs))
     evaluation = 0.15 * images / rate  # validation every epoch + test at the reported epochs (~15 %)
     cost = method_cost(spec.method.name, spec.train.batch_size, spec.train.amp)
     return Estimate(cost * images / rate + evaluation, basis)
@@ -157,8 +157,22 @@ def collect(paths: Iterable[str | Path], overrides: dict | None = None,
     return profiles.pop(), [item for key, item in items.items() if key in wanted]
 
 
+def epochs_trained(spec: RunSpec, store: RunStore) -> int:
+    """Epochs an unfinished run resumes after: its cached checkpoint's or its parked one's, whichever is further."""
+    from .train import CorruptFileError
+
+    done = 0
+    for path in (checkpoint_path(spec.key()), store.parked_path(spec.key())):
+        try:
+            done = max(done, checkpoint_epoch(path) + 1)
+        except CorruptFileError:  # trained over from the start (or the other file), as run() would
+            pass
+    return min(done, spec.train.epochs)
+
+
 def describe(items: list[Planned], store: RunStore) -> str:
-    """The sweep's list: one line per run or stage, with its state and estimated cost, and the totals."""
+    """The sweep's list: one line per run or stage, with its state and estimated cost (what is left of a run that
+    resumes from a checkpoint), and the totals."""
     lines, total, missing_total, bases = [], 0.0, 0.0, set()
     retrained: set[str] = set()  # stored backbones without weights here: the first stage on each trains it again
     for item in items:
@@ -167,9 +181,10 @@ def describe(items: list[Planned], store: RunStore) -> str:
                     and spec.parent.key() not in retrained and weights_missing(spec))
         if retrains:
             retrained.add(spec.parent.key())
-        cost = estimate(item, retrains)
-        total += cost.seconds
         there = item.key in store
+        resumes = 0 if there or isinstance(spec, StageSpec) else epochs_trained(spec, store)
+        cost = estimate(item, retrains, resumes)
+        total += cost.seconds
         if not there:
             missing_total += cost.seconds
         bases.add(cost.basis)
@@ -178,7 +193,7 @@ def describe(items: list[Planned], store: RunStore) -> str:
                                                                        if retrains else "")
         else:
             what = (f"{spec.data.source}/IF{spec.data.imbalance:g} {spec.model} {spec.train.epochs:>3} ep "
-                    f"{'bf16' if spec.train.amp else 'fp32'}")
+                    f"{'bf16' if spec.train.amp else 'fp32'}" + (f" (resumes after epoch {resumes})" if resumes else ""))
         lines.append(f"{'done ' if there else 'to do'}  {item.key}  {item.role:<14} {item.name:<34} "
                      f"seed {getattr(spec, 'seed', '-'):<2} {what}  ~{cost.seconds / 60:.1f} min ({cost.basis})")
     done = sum(p.key in store for p in items)

@@ -64,7 +64,35 @@ def context(study, role: str = "main") -> str:
     trained = sum(p.key in study.computed for p in items)
     return (f"profile **{config.profile}** · {data_text} · {specs[0].model} · {'/'.join(map(str, epochs))} epochs "
             f"({'/'.join(precision)}, {'/'.join(devices)}) · {seeds_text(s.seed for s in specs)} · "
-            f"{len(items)} entries of `runs/{config.profile}/`, {trained} computed in this execution")
+            f"{len(items)} entries of `runs/{config.profile}/`, {trained} computed in this execution"
+            + left_out_text(study))
+
+
+def left_out_text(study) -> str:
+    """'' or a sentence naming the methods of the profile's parameter file that this rendering leaves out.
+
+    A notebook rendered with ``--available`` (or ``-p methods``) shows fewer methods than its profile plans; the
+    reader is told which, and how many of their store entries exist.
+    """
+    from .studies import Study, trained_method
+
+    config = study.config
+    if not hasattr(config, "methods"):
+        return ""
+    profile_methods = type(config).load(config.profile).methods
+    absent = [m for m in profile_methods if m not in config.methods]
+    if not absent:
+        return ""
+    # the plan this rendering would have with all the profile's methods (its other parameters unchanged)
+    planned = Study(type(config).from_values({**config.as_dict(), "methods": profile_methods}), study.store).items
+    parts = []
+    for method in absent:
+        ref = config.method_ref(method)
+        mine = [p for p in planned if trained_method(p.spec) == ref]
+        parts.append(f"`{method}` ({sum(p.key in study.store for p in mine)} of its {len(mine)} runs and stages "
+                     "in the store)")
+    return (f"<br>**This rendering leaves out** {names(parts)}, planned by `params/{config.profile}/"
+            f"{config.NOTEBOOK}.yaml`: its results and verdicts cover the other methods only.")
 
 
 def weights_note(study, *roles: str) -> str:

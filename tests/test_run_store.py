@@ -220,7 +220,7 @@ def test_a_parked_checkpoint_carries_an_unfinished_run_to_another_machine(tmp_pa
     import ltlib.experiment
     from ltlib.executor import Planned
     from ltlib.paths import ROOT
-    from ltlib.sweep import main, park
+    from ltlib.sweep import describe, epochs_trained, estimate, main, park
     from ltlib.train import fit
 
     spec = tiny_spec(epochs=4)
@@ -235,8 +235,14 @@ def test_a_parked_checkpoint_carries_an_unfinished_run_to_another_machine(tmp_pa
     said = park([item], store)
     assert "parked" in said and "epoch 2 of 4" in said and store.parked_path(spec.key()).exists()
     assert "kept" in park([item], store)  # parking again copies nothing older or equal
-    # machine B: an empty cache and the committed folder; the run goes on from epoch 3 to the same numbers
+    # machine B: an empty cache and the committed folder; the list says the run resumes, and it goes on from
+    # epoch 3 to the same numbers
     monkeypatch.setenv("LTLIB_CACHE", str(tmp_path / "cache-b"))
+    full = describe([item], RunStore("quick", tmp_path / "nothing-parked"))
+    listed = describe([item], store)
+    assert "resumes after epoch" not in full and "4 ep fp32 (resumes after epoch 2)" in listed
+    assert epochs_trained(spec, store) == 2 and estimate(item, epochs_done=2).seconds == pytest.approx(
+        estimate(item).seconds / 2)
     resumed = run(spec, store, progress=False)
     assert resumed.history == reference.history and resumed.result["confusion"] == reference.result["confusion"]
     assert resumed.entry["provenance"]["resumed"] is True
