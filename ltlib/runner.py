@@ -64,8 +64,11 @@ def available_overrides(notebook: str, profile: str, overrides: dict | None = No
         return overrides
     complete = study.complete_methods()
     left_out = [m for m in getattr(study.config, "methods", []) if m not in complete]
-    if not complete or not left_out:
+    if not complete:
         raise MissingRuns(_missing_message(notebook, profile, missing) + "; no method can be rendered without them")
+    if not left_out:  # every method is complete: what is missing belongs to another part of the notebook
+        raise MissingRuns(_missing_message(notebook, profile, missing) + "; they belong to no method, so "
+                          "--available cannot leave them out")
     narrowed = {**overrides, "methods": complete}
     try:
         still = missing_runs(notebook, profile, narrowed)
