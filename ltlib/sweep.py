@@ -224,8 +224,8 @@ def main(argv: list[str]) -> int:
                         f"without bf16 instructions (~{EMULATED_BF16_SLOWDOWN:g}x slower than fp32) instead of "
                         f"refusing; the same as {ALLOW_EMULATED_BF16}=1")
     parser.add_argument("--park", action="store_true", help="train nothing: copy the cached checkpoints of the "
-                        "sweep's unfinished runs to runs/<profile>/in-progress/ (copy that folder to the next machine; a sweep there "
-                        "machine resumes from there, and each is removed when its entry is written)")
+                        "sweep's unfinished runs to runs/<profile>/in-progress/ (copy that folder to the next "
+                        "machine: a sweep there resumes from it, and each file is removed when its entry is written)")
     parser.add_argument("--hours", type=float, default=None, help="start only entries whose estimate ends within "
                         "this many hours of the sweep's start; exit 3 listing the ones left")
     args = parser.parse_args(argv)
