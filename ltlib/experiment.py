@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .data import LongTailedData, load_long_tailed, resolve_val_per_class
-from .io import atomic_write_bytes, sha256_hex
+from .io import CorruptFileError, atomic_write_bytes, sha256_hex
 from .methods import MethodRef
 from .metrics import ShotThresholds, shot_thresholds, summarize
 from .models import build_model
@@ -167,6 +167,18 @@ def copy_checkpoint(source: Path, destination: Path) -> None:
         atomic_write_bytes(destination, lambda out: shutil.copyfileobj(fh, out))
 
 
+def epochs_trained(spec: RunSpec, store: RunStore) -> int:
+    """Epochs a run has behind it before its entry exists: its cached or its parked checkpoint's, whichever is
+    further (what ``run`` resumes after; 0 without a checkpoint)."""
+    last = -1
+    for path in (checkpoint_path(spec.key()), store.parked_path(spec.key())):
+        try:
+            last = max(last, checkpoint_epoch(path))
+        except CorruptFileError:  # run() names the file and asks for it to be deleted: the run then starts over
+            pass
+    return last + 1
+
+
 def unpark(key: str, store: RunStore) -> int | None:
     """Put the run's parked checkpoint (``store.parked_path``) into this machine's cache when it is further along
     than the cache's own; returns the epoch it resumes after, or None when the cache is kept."""
@@ -188,7 +200,7 @@ def is_final_checkpoint(state: dict | None, spec: RunSpec) -> bool:
 def final_weights_cached(spec: RunSpec) -> bool:
     """Whether this machine's cache holds the run's last-epoch checkpoint (a stage on it then trains nothing); the
     checkpoint of an interrupted run, or one that does not load, does not count: the run would be trained on."""
-    from .train import CorruptFileError, load_checkpoint
+    from .train import load_checkpoint
 
     try:
         state = load_checkpoint(checkpoint_path(spec.key()), torch.device("cpu"))

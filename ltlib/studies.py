@@ -448,10 +448,15 @@ class Study:
     def missing(self) -> list[Planned]:
         return [p for p in self.items if p.key not in self.store]
 
+    def method_items(self, entry: str) -> list[Planned]:
+        """The plan's runs of the method ``entry`` (of ``config.methods``) and every stage built on them."""
+        ref = self.config.method_ref(entry)
+        return [p for p in self.items if trained_method(p.spec) == ref]
+
     def complete_methods(self) -> list[str]:
         """The entries of ``config.methods`` whose runs, and every stage built on them, are all in the store."""
-        incomplete = {trained_method(p.spec) for p in self.missing()}
-        return [m for m in getattr(self.config, "methods", []) if self.config.method_ref(m) not in incomplete]
+        return [m for m in getattr(self.config, "methods", [])
+                if all(p.key in self.store for p in self.method_items(m))]
 
     def ensure(self, workers: int | None = None, progress: bool = True) -> list[Planned]:
         """Train / compute what the store lacks (``workers`` processes; default the config's) and return it."""

@@ -27,8 +27,7 @@ def _setting(study: Study, dataset: str | None = None, imbalance: float | None =
     c = study.config
     data = f"{dataset} IF {imbalance:g}" if dataset else ", ".join(f"{s} IF {i:g}" for s in c.sources for i in c.imbalances)
     return {"data": data, "protocol": c.protocol,
-            "schedule": f"{c.epochs} of {RECIPES[c.recipe].epochs} epochs ({c.recipe} recipe), {c.model}",
-            "seeds": len(c.seeds)}
+            "schedule": f"{c.epochs} of {RECIPES[c.recipe].epochs} epochs ({c.recipe} recipe), {c.model}"}
 
 
 def _paper_number(paper: str, method: str, study: Study, dataset: str, imbalance: float) -> tuple[str, str, str]:

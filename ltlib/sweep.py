@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .executor import Planned, SweepFailed, cpu_bf16_training, execute
-from .experiment import (RunSpec, checkpoint_epoch, checkpoint_path, copy_checkpoint,
+from .experiment import (RunSpec, checkpoint_epoch, checkpoint_path, copy_checkpoint, epochs_trained,
                          final_weights_cached)
 from .notebook import ParameterError, read_params_file
 from .runtime import ALLOW_EMULATED_BF16, EMULATED_BF16_SLOWDOWN, cpu_emulates_bf16, emulated_bf16_problem
@@ -155,19 +155,6 @@ def collect(paths: Iterable[str | Path], overrides: dict | None = None,
     if not profiles:
         raise ValueError("no parameter files given")
     return profiles.pop(), [item for key, item in items.items() if key in wanted]
-
-
-def epochs_trained(spec: RunSpec, store: RunStore) -> int:
-    """Epochs an unfinished run resumes after: its cached checkpoint's or its parked one's, whichever is further."""
-    from .train import CorruptFileError
-
-    done = 0
-    for path in (checkpoint_path(spec.key()), store.parked_path(spec.key())):
-        try:
-            done = max(done, checkpoint_epoch(path) + 1)
-        except CorruptFileError:  # trained over from the start (or the other file), as run() would
-            pass
-    return min(done, spec.train.epochs)
 
 
 def describe(items: list[Planned], store: RunStore) -> str:

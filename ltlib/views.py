@@ -74,7 +74,7 @@ def left_out_text(study) -> str:
     A notebook rendered with ``--available`` (or ``-p methods``) shows fewer methods than its profile plans; the
     reader is told which, and how many of their store entries exist.
     """
-    from .studies import Study, trained_method
+    from .studies import Study
 
     config = study.config
     if not hasattr(config, "methods"):
@@ -84,11 +84,10 @@ def left_out_text(study) -> str:
     if not absent:
         return ""
     # the plan this rendering would have with all the profile's methods (its other parameters unchanged)
-    planned = Study(type(config).from_values({**config.as_dict(), "methods": profile_methods}), study.store).items
+    whole = Study(type(config).from_values({**config.as_dict(), "methods": profile_methods}), study.store)
     parts = []
     for method in absent:
-        ref = config.method_ref(method)
-        mine = [p for p in planned if trained_method(p.spec) == ref]
+        mine = whole.method_items(method)
         parts.append(f"`{method}` ({sum(p.key in study.store for p in mine)} of its {len(mine)} runs and stages "
                      "in the store)")
     return (f"<br>**This rendering leaves out** {names(parts)}, planned by `params/{config.profile}/"
