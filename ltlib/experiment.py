@@ -31,7 +31,7 @@ from .methods import MethodRef
 from .metrics import ShotThresholds, shot_thresholds, summarize
 from .models import build_model
 from .paths import cache_dir
-from .provenance import provenance
+from .provenance import machine, provenance, trained_on
 from .runtime import cpu_threads, device_type, resolve_device
 from .store import RunStore
 from .train import TrainConfig, fit
@@ -135,7 +135,7 @@ def make_records(entry: dict, name: str, thresholds: ShotThresholds) -> list[dic
     common = {"method": name, "dataset": data["source"], "protocol": data["protocol"],
               "imbalance": float(data["imbalance"]), "seed": entry["seed"], "run_key": entry["key"],
               "kind": entry["kind"], "epochs": entry["epochs"], "wall_s": entry["provenance"]["wall_s"],
-              "git_commit": entry["provenance"]["git_commit"], "device": entry["provenance"]["device"],
+              "git_commit": entry["provenance"]["git_commit"], "device": trained_on(entry["provenance"]),
               "many_above": thresholds.many_above, "few_below": thresholds.few_below}
     records = []
     for selected_on, confusion in result["confusion"].items():
@@ -239,7 +239,7 @@ def train_entry(spec: RunSpec, *, progress: bool = True) -> dict:
         prov = provenance(spec.device)
         started = time.perf_counter()
         result = fit(model, method, data, spec.train, device=spec.device, seed=spec.seed,
-                     checkpoint=checkpoint_path(key), progress=progress)
+                     checkpoint=checkpoint_path(key), progress=progress, machine=machine(prov))
         wall = result.wall_s if result.resumed_from is not None else time.perf_counter() - started
     method_log = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in e.items()
                    if k in ("epoch", "driver_loss", "meta_cross_entropy")} for e in result.method_log]
@@ -250,7 +250,9 @@ def train_entry(spec: RunSpec, *, progress: bool = True) -> dict:
                        "selected": {"val": result.best_epoch, "last": result.history[-1]["epoch"]},
                        "confusion": {"val": result.confusion_best.tolist(), "last": result.confusion_last.tolist()},
                        "method_log": method_log},
-            "provenance": {**prov, "wall_s": round(wall, 1), "resumed": result.resumed_from is not None}}
+            "provenance": {**prov, "wall_s": round(wall, 1), "resumed": result.resumed_from is not None,
+                           # a resumed run: which epochs trained where (a parked run resumes on another machine)
+                           **({"segments": result.segments} if result.resumed_from is not None else {})}}
 
 
 def run(spec: RunSpec, store: RunStore, *, progress: bool = True, train: bool = True) -> Run:
@@ -314,7 +316,9 @@ def trained_state(spec: RunSpec, store: RunStore, device: str = "cpu", *, progre
     if not origin.get("same_as_entry", True):
         warnings.warn(f"the weights of run {key} ({'retrained now' if retrained else 'cached checkpoint'}, last test "
                       f"top-1 {origin['last_test_top1']}) are not its store entry's ({origin['entry_last_test_top1']}; "
-                      "another CPU model, thread count or library version?): stages use these weights and record it",
+                      "another CPU model, thread count or library version? bf16 kernels differ between AMX and "
+                      "AVX-512 BF16 CPUs: benchmarks/bf16_kernels.py finds the ONEDNN_MAX_CPU_ISA that reproduces a "
+                      "run): stages use these weights and record it",
                       RuntimeWarning, stacklevel=2)
     return state, origin
 

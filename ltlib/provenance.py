@@ -1,6 +1,7 @@
 """What made an artefact: git commit, library versions, device and thread count."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from functools import lru_cache
@@ -92,6 +93,9 @@ def cpu_identity() -> dict:
         elif name == "flags":
             flags = set(value.split())
             found["isa"] = [flag for flag in ISA_FLAGS if flag in flags]
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if cap:  # a cap on oneDNN's kernels changes bf16 numbers as much as another CPU model does
+        found["onednn_max_cpu_isa"] = cap
     return found
 
 
@@ -134,3 +138,23 @@ def provenance(device: str) -> dict:
     if not str(device).startswith("cuda"):
         found["cpu"] = cpu_identity()
     return found
+
+
+MACHINE_FIELDS = ("device", "cpu", "versions", "git_commit")  # what a segment of a resumed run records
+
+
+def machine(found: dict) -> dict:
+    """The part of a :func:`provenance` that says where and with what code a range of epochs trained."""
+    return {name: found[name] for name in MACHINE_FIELDS if name in found}
+
+
+def trained_on(found: dict) -> str:
+    """The device of an entry's provenance; for a run whose epochs ran on more than one machine, each with its
+    epochs (1-based), e.g. "AMD EPYC (cpu, 1 threads) epochs 1-40, Intel(R) Xeon(R) Processor (cpu, 1 threads)
+    epochs 41-90". A segment whose machine was not recorded says so."""
+    segments = found.get("segments") or []
+    if len(segments) < 2:
+        return found["device"]
+    def device(segment):
+        return (segment["machine"] or {}).get("device", "a machine not recorded")
+    return ", ".join(f"{device(s)} epochs {s['epochs'][0] + 1}-{s['epochs'][1] + 1}" for s in segments)

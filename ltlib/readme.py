@@ -73,6 +73,18 @@ def results_block(profile: str = "cpu-real") -> str:
                      "the reported epochs, batch 256; compiled: new with `compile=default`, steady state)\n\n"
                      + _table(rows, ["threads", "old (s/epoch)", "new (s/epoch)", "ratio", "train img/s old / new",
                                      "compiled (s/epoch)"]))
+    for path in sorted((ROOT / "results" / "benchmarks").glob("bf16-kernels-*.json")):
+        kernels = _load(path)
+        rows = [{"oneDNN kernels": "default" if cap["isa"] == "default" else f"`ONEDNN_MAX_CPU_ISA={cap['isa']}`",
+                 "first-epoch loss": cap["train_loss"], "the entry's": kernels["entry_first_epoch"]["train_loss"],
+                 "bit-identical": "yes" if cap["same_as_entry"] else "no", "seconds": f"{cap['seconds']:.0f}"}
+                for cap in kernels["caps"]]
+        cpu = kernels["provenance"].get("cpu", {})
+        parts.append(f"**Which bf16 kernels trained a stored run** (`benchmarks/bf16_kernels.py`, `{path.name}`): the "
+                     f"first epoch of {kernels['method']} seed {kernels['seed']} (`{kernels['key']}`, stored from "
+                     f"{kernels['entry_device']}) retrained on {kernels['provenance']['device']} "
+                     f"({', '.join(cpu.get('isa', []))})\n\n"
+                     + _table(rows, ["oneDNN kernels", "first-epoch loss", "the entry's", "bit-identical", "seconds"]))
     return "\n\n".join(parts)
 
 

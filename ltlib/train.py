@@ -145,6 +145,19 @@ class FitResult:
     wall_s: float
     resumed_from: int | None = None
     method_log: list = field(default_factory=list)
+    segments: list = field(default_factory=list)   # which epochs ran where: see :func:`add_segment`
+
+
+def add_segment(segments: list[dict], first: int, last: int, machine: dict | None) -> list[dict]:
+    """``segments`` with epochs ``first``..``last`` trained on ``machine`` appended, merged into the previous segment
+    when that ran on the same machine. ``machine`` None: not recorded (a checkpoint older than segments).
+
+    A run resumed from a checkpoint that another machine wrote (a parked run) is trained on both; bf16 kernels
+    differ between CPU models, so its entry names each machine and its epochs rather than the last one alone.
+    """
+    if segments and segments[-1]["machine"] == machine and segments[-1]["epochs"][1] == first - 1:
+        return [*segments[:-1], {"epochs": [segments[-1]["epochs"][0], last], "machine": machine}]
+    return [*segments, {"epochs": [first, last], "machine": machine}]
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
@@ -264,19 +277,20 @@ def load_checkpoint(path: Path, device: torch.device):
 
 def fit(model: nn.Module, method: Method, data: LongTailedData, config: TrainConfig, *, device: str = "cpu",
         seed: int = 0, checkpoint: str | Path | None = None, progress: bool = True,
-        stop_after: int | None = None) -> FitResult:
+        stop_after: int | None = None, machine: dict | None = None) -> FitResult:
     """Train ``model`` with ``method`` on ``data`` under ``config``.
 
     ``checkpoint``: a file written after every epoch; if it exists and was written for the same config,
     method and seed, training resumes after its last epoch (a finished checkpoint goes straight to the final
     evaluation). ``stop_after``: end after that many epochs (to test resumption; the checkpoint stays
-    resumable) and return the partial history.
+    resumable) and return the partial history. ``machine``: what describes where this call trains (device, CPU,
+    versions, commit); the checkpoint keeps it per range of epochs, in ``FitResult.segments``.
     """
     trainer = Trainer(model, method, data, config, device=device, seed=seed)
     identity = {"config": dataclasses.asdict(config), "seed": seed, "method": type(method).__name__}
     history: list[dict] = []
     best = {"epoch": -1, "val": -math.inf, "weights": None}
-    start_epoch, resumed_from, elapsed_before = 0, None, 0.0
+    start_epoch, resumed_from, elapsed_before, segments = 0, None, 0.0, []
     checkpoint = Path(checkpoint) if checkpoint else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, trainer.device)
@@ -284,6 +298,7 @@ def fit(model: nn.Module, method: Method, data: LongTailedData, config: TrainCon
             trainer.load_state_dict(state["trainer"])
             history, best, elapsed_before = state["history"], state["best"], state["wall_s"]
             start_epoch = resumed_from = state["epoch"] + 1
+            segments = state.get("segments") or [{"epochs": [0, state["epoch"]], "machine": None}]
 
     started = time.perf_counter()
     end_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
@@ -310,7 +325,7 @@ def fit(model: nn.Module, method: Method, data: LongTailedData, config: TrainCon
         wall = elapsed_before + time.perf_counter() - started
         if checkpoint is not None:
             state = {"identity": identity, "epoch": epoch, "trainer": trainer.state_dict(), "history": history,
-                     "best": best, "wall_s": wall}
+                     "best": best, "wall_s": wall, "segments": add_segment(segments, start_epoch, epoch, machine)}
             atomic_write_bytes(checkpoint, lambda fh: torch.save(state, fh))
         if bar is not None:
             bar.set_postfix_str(f"loss {record['train_loss']:.3f} val {record['val_balanced']:.1f}", refresh=False)
@@ -318,9 +333,12 @@ def fit(model: nn.Module, method: Method, data: LongTailedData, config: TrainCon
     if bar is not None:
         bar.close()
     wall = elapsed_before + time.perf_counter() - started
+    if end_epoch > start_epoch:
+        segments = add_segment(segments, start_epoch, end_epoch - 1, machine)
     done = len(history)
     if done < config.epochs:  # stopped early on purpose: no final evaluation
-        return FitResult(history, best["epoch"], np.zeros((0, 0)), np.zeros((0, 0)), wall, resumed_from)
+        return FitResult(history, best["epoch"], np.zeros((0, 0)), np.zeros((0, 0)), wall, resumed_from,
+                         segments=segments)
     # Final evaluation from the weights themselves, so a run resumed after its last checkpoint ends the same.
     confusion_last = trainer.evaluate("test").cpu().numpy()
     if best["weights"] is None:  # no validation split: the last epoch is the selected one
@@ -330,7 +348,7 @@ def fit(model: nn.Module, method: Method, data: LongTailedData, config: TrainCon
         selected.load_state_dict(best["weights"])
         best_epoch, confusion_best = best["epoch"], trainer.evaluate("test", selected).cpu().numpy()
     method_log = list(getattr(method, "epoch_log", []))
-    return FitResult(history, best_epoch, confusion_last, confusion_best, wall, resumed_from, method_log)
+    return FitResult(history, best_epoch, confusion_last, confusion_best, wall, resumed_from, method_log, segments)
 
 
 def _progress(enabled: bool, total: int, initial: int):

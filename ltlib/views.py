@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 from .analysis import Comparison, fmt
+from .provenance import trained_on
 
 
 def in_notebook() -> bool:
@@ -110,7 +111,7 @@ def weights_note(study, *roles: str) -> str:
         if origin.get("same_as_entry") is False and (parent.key() not in differing or origin["retrained"]):
             differing[parent.key()] = (f"{item.info('backbone') or item.name.split(' + ')[0]} seed {parent.seed}", origin,
                                        stage.entry["provenance"]["device"],
-                                       study.store.get(parent.key())["provenance"]["device"])
+                                       trained_on(study.store.get(parent.key())["provenance"]))
     if not differing:
         return ""
     parts = [f"{name} ({'retrained' if origin['retrained'] else 'cached'} weights {origin['last_test_top1']:.2f} on "

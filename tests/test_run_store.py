@@ -230,8 +230,11 @@ def test_a_parked_checkpoint_carries_an_unfinished_run_to_another_machine(tmp_pa
     monkeypatch.setenv("LTLIB_CACHE", str(tmp_path / "cache-a"))
     assert park([item], store).startswith("nothing to park")
     monkeypatch.setattr(ltlib.experiment, "fit", functools.partial(fit, stop_after=2))
+    here = ltlib.experiment.provenance
+    monkeypatch.setattr(ltlib.experiment, "provenance", lambda device: {**here(device), "device": "machine A"})
     ltlib.experiment.train_entry(spec, progress=False)
     monkeypatch.setattr(ltlib.experiment, "fit", fit)
+    monkeypatch.setattr(ltlib.experiment, "provenance", here)
     said = park([item], store)
     assert "parked" in said and "epoch 2 of 4" in said and store.parked_path(spec.key()).exists()
     assert "kept" in park([item], store)  # parking again copies nothing older or equal
@@ -246,8 +249,29 @@ def test_a_parked_checkpoint_carries_an_unfinished_run_to_another_machine(tmp_pa
     resumed = run(spec, store, progress=False)
     assert resumed.history == reference.history and resumed.result["confusion"] == reference.result["confusion"]
     assert resumed.entry["provenance"]["resumed"] is True
+    # the entry names both machines with their epochs, not the last one alone
+    segments = resumed.entry["provenance"]["segments"]
+    assert [s["epochs"] for s in segments] == [[0, 1], [2, 3]]
+    machine_b = resumed.entry["provenance"]["device"]
+    assert [s["machine"]["device"] for s in segments] == ["machine A", machine_b]
+    assert resumed.record()["device"] == f"machine A epochs 1-2, {machine_b} epochs 3-4"
     assert not store.parked_path(spec.key()).exists()  # the entry replaces its parked checkpoint
     # the command line: nothing of the quick plan is in this cache
     monkeypatch.setenv("LTLIB_RUNS", str(tmp_path / "runs-cli"))
     assert main([str(ROOT / "params" / "quick" / "02_cdb_loss.yaml"), "--park"]) == 0
     assert "nothing to park" in capsys.readouterr().out
+
+
+def test_a_resumed_run_names_each_machine_its_epochs_ran_on():
+    from ltlib.provenance import trained_on
+    from ltlib.train import add_segment
+
+    a, b = {"device": "A"}, {"device": "B"}
+    one_machine = add_segment(add_segment([], 0, 4, a), 5, 9, a)
+    assert one_machine == [{"epochs": [0, 9], "machine": a}]  # resumed where it stopped: one segment
+    two = add_segment(one_machine, 10, 14, b)
+    assert trained_on({"device": "B", "segments": two}) == "A epochs 1-10, B epochs 11-15"
+    # a checkpoint written before segments were kept
+    older = add_segment([{"epochs": [0, 3], "machine": None}], 4, 7, b)
+    assert trained_on({"device": "B", "segments": older}) == "a machine not recorded epochs 1-4, B epochs 5-8"
+    assert trained_on({"device": "B"}) == "B"

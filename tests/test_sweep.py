@@ -1,6 +1,7 @@
 """The sweep runner: the same store entries through a notebook's path, a local process pool and Ray."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -358,3 +359,32 @@ def test_a_sweep_given_bad_parameters_says_so_in_one_line_and_exits_2(arguments,
     assert done.returncode == 2, done.stderr
     assert said in done.stderr and "Traceback" not in done.stderr and not done.stdout
     assert done.stderr.strip().splitlines()[-1].startswith(("error: ", "python -m ltlib sweep: error: "))
+
+
+def test_the_bf16_kernel_check_tells_a_reproduced_first_epoch_from_another(tmp_path, monkeypatch):
+    import importlib.util
+
+    from ltlib.experiment import run
+
+    spec = importlib.util.spec_from_file_location("bf16_kernels", ROOT / "benchmarks" / "bf16_kernels.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setenv("LTLIB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("LTLIB_CACHE", str(tmp_path / "cache"))
+    # a quick-profile CE run of notebook 01's plan (fp32: no bf16 kernels involved), trained into an empty store
+    planned = [item for item in collect([ROOT / "params" / "quick" / "01_baselines.yaml"])[1]
+               if item.name == "ce" and not hasattr(item.spec, "parent")][0]
+    store, key = RunStore("quick"), planned.key
+    run(planned.spec, store, progress=False)
+    assert script.main([key, "--profile", "quick", "--isa", "default", "--out", str(tmp_path / "same.json")]) == 0
+    found = json.loads((tmp_path / "same.json").read_text())
+    assert [cap["same_as_entry"] for cap in found["caps"]] == [True] and found["key"] == key
+    # an entry whose first epoch came out otherwise is told apart
+    entry = store.get(key)
+    entry["result"]["history"][0]["train_loss"] += 1e-5
+    (store.folder / f"{key}.json").unlink()
+    store.put(entry)
+    assert script.main([key, "--profile", "quick", "--isa", "default", "--out", str(tmp_path / "other.json")]) == 0
+    assert not json.loads((tmp_path / "other.json").read_text())["caps"][0]["same_as_entry"]
+    with pytest.raises(SystemExit, match="holds no training run"):
+        script.main(["0000000000000000", "--profile", "quick"])
