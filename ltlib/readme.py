@@ -77,14 +77,16 @@ def results_block(profile: str = "cpu-real") -> str:
         kernels = _load(path)
         rows = [{"oneDNN kernels": "default" if cap["isa"] == "default" else f"`ONEDNN_MAX_CPU_ISA={cap['isa']}`",
                  "first-epoch loss": cap["train_loss"], "the entry's": kernels["entry_first_epoch"]["train_loss"],
-                 "bit-identical": "yes" if cap["same_as_entry"] else "no", "seconds": f"{cap['seconds']:.0f}"}
+                 "bit-identical": "yes" if cap["same_as_entry"] else "no",
+                 "seconds (data + 1 epoch)": f"{cap['seconds']:.0f}"}
                 for cap in kernels["caps"]]
         cpu = kernels["provenance"].get("cpu", {})
         parts.append(f"**Which bf16 kernels trained a stored run** (`benchmarks/bf16_kernels.py`, `{path.name}`): the "
                      f"first epoch of {kernels['method']} seed {kernels['seed']} (`{kernels['key']}`, stored from "
-                     f"{kernels['entry_device']}) retrained on {kernels['provenance']['device']} "
+                     f"{kernels['entry_device']}) retrained, with the run's thread count, on {cpu.get('model_name', 'this CPU')} "
                      f"({', '.join(cpu.get('isa', []))})\n\n"
-                     + _table(rows, ["oneDNN kernels", "first-epoch loss", "the entry's", "bit-identical", "seconds"]))
+                     + _table(rows, ["oneDNN kernels", "first-epoch loss", "the entry's", "bit-identical",
+                                     "seconds (data + 1 epoch)"]))
     return "\n\n".join(parts)
 
 
