@@ -15,7 +15,6 @@ This is a check, not a test: it needs the run's data and a CPU with bf16 instruc
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import subprocess
@@ -37,29 +36,22 @@ def find_spec(key: str, profile: str):
     from ltlib.experiment import RunSpec
     from ltlib.sweep import collect
 
-    for path in sorted((ROOT / "params" / profile).glob("*.yaml")):
-        try:
-            _, items = collect([path])
-        except ValueError:
-            continue
-        for item in items:
-            if item.key == key and isinstance(item.spec, RunSpec):
-                return item.spec
+    _, items = collect(sorted((ROOT / "params" / profile).glob("*.yaml")))
+    for item in items:
+        if item.key == key and isinstance(item.spec, RunSpec):
+            return item.spec
     raise SystemExit(f"no run {key} in the plans of params/{profile}/*.yaml: pass a run key of that profile")
 
 
 def first_epoch(key: str, profile: str) -> dict:
     """Train the first epoch of ``key`` (its checkpoint in a scratch folder, not the cache, so a cached run is
     neither resumed nor overwritten); its compacted history row and the seconds it took."""
-    import ltlib.experiment as experiment
-    from ltlib.train import fit
+    from ltlib.experiment import train_entry
 
-    scratch = Path(tempfile.mkdtemp(prefix="bf16-kernels-"))
     spec = find_spec(key, profile)
-    experiment.checkpoint_path = lambda run_key: scratch / f"{run_key}.pt"
-    experiment.fit = functools.partial(fit, stop_after=1)
+    scratch = Path(tempfile.mkdtemp(prefix="bf16-kernels-")) / "checkpoint.pt"
     started = time.perf_counter()
-    entry = experiment.train_entry(spec, progress=False)
+    entry = train_entry(spec, progress=False, checkpoint=scratch, stop_after=1)
     return {"row": entry["result"]["history"][0], "seconds": round(time.perf_counter() - started, 1)}
 
 

@@ -227,8 +227,13 @@ def _compact_history(history: list[dict]) -> list[dict]:
     return out
 
 
-def train_entry(spec: RunSpec, *, progress: bool = True) -> dict:
-    """Train ``spec`` (resuming from its checkpoint if one exists) and return its store entry."""
+def train_entry(spec: RunSpec, *, progress: bool = True, checkpoint: Path | None = None,
+                stop_after: int | None = None) -> dict:
+    """Train ``spec`` (resuming from its checkpoint if one exists) and return its store entry.
+
+    ``checkpoint``: another file than the run's cached checkpoint; ``stop_after``: train that many epochs only (the
+    entry of a partial run, for checks: never stored).
+    """
     data = cached_data(spec.data)
     key = spec.key()
     with cpu_threads(spec.cpu_threads if resolve_device(spec.device).type == "cpu" else None):
@@ -239,7 +244,8 @@ def train_entry(spec: RunSpec, *, progress: bool = True) -> dict:
         prov = provenance(spec.device)
         started = time.perf_counter()
         result = fit(model, method, data, spec.train, device=spec.device, seed=spec.seed,
-                     checkpoint=checkpoint_path(key), progress=progress, machine=machine(prov))
+                     checkpoint=checkpoint or checkpoint_path(key), progress=progress, stop_after=stop_after,
+                     machine=machine(prov))
         wall = result.wall_s if result.resumed_from is not None else time.perf_counter() - started
     method_log = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in e.items()
                    if k in ("epoch", "driver_loss", "meta_cross_entropy")} for e in result.method_log]

@@ -290,7 +290,7 @@ def fit(model: nn.Module, method: Method, data: LongTailedData, config: TrainCon
     identity = {"config": dataclasses.asdict(config), "seed": seed, "method": type(method).__name__}
     history: list[dict] = []
     best = {"epoch": -1, "val": -math.inf, "weights": None}
-    start_epoch, resumed_from, elapsed_before, segments = 0, None, 0.0, []
+    start_epoch, resumed_from, elapsed_before, earlier = 0, None, 0.0, []
     checkpoint = Path(checkpoint) if checkpoint else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, trainer.device)
@@ -298,7 +298,8 @@ def fit(model: nn.Module, method: Method, data: LongTailedData, config: TrainCon
             trainer.load_state_dict(state["trainer"])
             history, best, elapsed_before = state["history"], state["best"], state["wall_s"]
             start_epoch = resumed_from = state["epoch"] + 1
-            segments = state.get("segments") or [{"epochs": [0, state["epoch"]], "machine": None}]
+            earlier = state.get("segments") or [{"epochs": [0, state["epoch"]], "machine": None}]
+    segments = earlier
 
     started = time.perf_counter()
     end_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
@@ -323,9 +324,10 @@ def fit(model: nn.Module, method: Method, data: LongTailedData, config: TrainCon
             best = {"epoch": epoch, "val": record["val_balanced"],
                     "weights": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}}
         wall = elapsed_before + time.perf_counter() - started
+        segments = add_segment(earlier, start_epoch, epoch, machine)
         if checkpoint is not None:
             state = {"identity": identity, "epoch": epoch, "trainer": trainer.state_dict(), "history": history,
-                     "best": best, "wall_s": wall, "segments": add_segment(segments, start_epoch, epoch, machine)}
+                     "best": best, "wall_s": wall, "segments": segments}
             atomic_write_bytes(checkpoint, lambda fh: torch.save(state, fh))
         if bar is not None:
             bar.set_postfix_str(f"loss {record['train_loss']:.3f} val {record['val_balanced']:.1f}", refresh=False)
@@ -333,8 +335,6 @@ def fit(model: nn.Module, method: Method, data: LongTailedData, config: TrainCon
     if bar is not None:
         bar.close()
     wall = elapsed_before + time.perf_counter() - started
-    if end_epoch > start_epoch:
-        segments = add_segment(segments, start_epoch, end_epoch - 1, machine)
     done = len(history)
     if done < config.epochs:  # stopped early on purpose: no final evaluation
         return FitResult(history, best["epoch"], np.zeros((0, 0)), np.zeros((0, 0)), wall, resumed_from,

@@ -215,13 +215,10 @@ def test_a_run_killed_mid_training_resumes_to_the_same_numbers(tmp_path, kill_af
 
 
 def test_a_parked_checkpoint_carries_an_unfinished_run_to_another_machine(tmp_path, monkeypatch, capsys):
-    import functools
-
     import ltlib.experiment
     from ltlib.executor import Planned
     from ltlib.paths import ROOT
     from ltlib.sweep import describe, epochs_trained, estimate, main, park
-    from ltlib.train import fit
 
     spec = tiny_spec(epochs=4)
     reference = run(spec, RunStore("quick", tmp_path / "ref"), progress=False)
@@ -229,11 +226,9 @@ def test_a_parked_checkpoint_carries_an_unfinished_run_to_another_machine(tmp_pa
     # machine A: the session ends after two of four epochs
     monkeypatch.setenv("LTLIB_CACHE", str(tmp_path / "cache-a"))
     assert park([item], store).startswith("nothing to park")
-    monkeypatch.setattr(ltlib.experiment, "fit", functools.partial(fit, stop_after=2))
     here = ltlib.experiment.provenance
     monkeypatch.setattr(ltlib.experiment, "provenance", lambda device: {**here(device), "device": "machine A"})
-    ltlib.experiment.train_entry(spec, progress=False)
-    monkeypatch.setattr(ltlib.experiment, "fit", fit)
+    ltlib.experiment.train_entry(spec, progress=False, stop_after=2)
     monkeypatch.setattr(ltlib.experiment, "provenance", here)
     said = park([item], store)
     assert "parked" in said and "epoch 2 of 4" in said and store.parked_path(spec.key()).exists()
