@@ -120,7 +120,17 @@ def _init_worker(counter, gpus: int) -> None:
         _GPU_SLOT = counter.value
         counter.value += 1
     if gpus > 0:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(_GPU_SLOT % gpus)
+        os.environ["CUDA_VISIBLE_DEVICES"] = worker_gpu(_GPU_SLOT, gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def worker_gpu(slot: int, gpus: int, visible: str | None) -> str:
+    """The ``CUDA_VISIBLE_DEVICES`` of worker ``slot``: one of the devices the sweep itself was given.
+
+    Index i of the sweep's view is the i-th entry of its ``CUDA_VISIBLE_DEVICES`` (``4,5`` → GPUs 4 and 5, not 0
+    and 1), so a worker's value is taken from that list; without one, devices are numbered from 0.
+    """
+    given = [d.strip() for d in (visible or "").split(",") if d.strip()]
+    return given[slot % gpus] if len(given) >= gpus else str(slot % gpus)
 
 
 def _visible_gpus() -> int:

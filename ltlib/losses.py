@@ -141,7 +141,11 @@ class LogitAdjustedLoss(WeightedLoss):
 
 
 def las_smoothing_for_imbalance(imbalance: float) -> tuple[float, float]:
-    """(ε_head, ε_tail) of the Difficulty-Net / MiSLAS CIFAR stage-2 code, picked by imbalance factor."""
+    """(ε_head, ε_tail) of the Difficulty-Net / MiSLAS CIFAR stage-2 code, picked by imbalance factor.
+
+    The code passes its nominal ``--imbalance`` (100 for CIFAR-LT IF 100), which the notebooks do too; the
+    realised n_max / n_min can lie in another row (4975 / 49 ≈ 101.5 when 25 images per class are held out).
+    """
     if imbalance > 100:
         return 0.4, 0.0
     if imbalance > 50:
@@ -160,7 +164,8 @@ class LabelAwareSmoothing(WeightedLoss):
     with a per-class smoothing that is largest for the largest class; shape "concave" (default):
     ε_c = ε_tail + (ε_head − ε_tail) · sin(π (n_c − n_min) / (2 (n_max − n_min))); "linear" replaces
     the sine by (n_c − n_min)/(n_max − n_min). ``smooth_head``/``smooth_tail`` default to the CIFAR
-    code's choice for the training set's imbalance factor n_max / n_min.
+    code's choice for n_max / n_min of ``class_counts``; pass them from :func:`las_smoothing_for_imbalance` of the
+    nominal factor to match the code exactly (notebook 03 does).
     """
 
     def __init__(self, class_counts, smooth_head: float | None = None, smooth_tail: float | None = None,

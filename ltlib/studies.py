@@ -23,6 +23,7 @@ from .data import PROTOCOLS, SOURCES
 from .executor import Planned, cpu_bf16_training, execute
 from .experiment import DataSpec, RunSpec
 from .io import file_lock, write_json
+from .losses import las_smoothing_for_imbalance
 from .methods import MethodRef
 from .metrics import ShotThresholds, shot_thresholds
 from .models import MODELS
@@ -304,8 +305,12 @@ class DifficultyNetNotebook(CDBRecipeConfig):
                                   choices=("fc+scale", "scale", "fc"))
     stage2_views: int = param(2, "feature views of the training set: 1 clean + augmented ones", min=1)
 
-    def stage2_options(self) -> dict:
-        return {"trainable": self.stage2_trainable, "loss": "las", "smooth_head": None, "smooth_tail": None,
+    def stage2_options(self, imbalance: float) -> dict:
+        # The official stage-2 script picks LAS's ε from its --imbalance argument, the nominal factor; the
+        # realised n_max / n_min can cross a threshold (4975 / 49 ≈ 101.5 under the cdb protocol at IF 100).
+        smooth_head, smooth_tail = las_smoothing_for_imbalance(imbalance)
+        return {"trainable": self.stage2_trainable, "loss": "las", "smooth_head": smooth_head,
+                "smooth_tail": smooth_tail,
                 "epochs": self.stage2_epochs, "batch_size": self.stage2_batch_size, "lr": float(self.stage2_lr),
                 "momentum": 0.9, "weight_decay": float(self.stage2_weight_decay), "samples_per_class": 4,
                 "views": self.stage2_views, "cpu_threads": 1}
@@ -313,8 +318,8 @@ class DifficultyNetNotebook(CDBRecipeConfig):
     def plan(self) -> list[Planned]:
         items = self.grid()
         kind = {"fc+scale": "las_lws", "scale": "lws", "fc": "crt"}[self.stage2_trainable]
-        items += [Planned(StageSpec.make("classifier", self.stage2_options(), p.spec, 0, self.device),
-                          f"{p.name} + {kind}", "stage2") for p in list(items)]
+        items += [Planned(StageSpec.make("classifier", self.stage2_options(p.spec.data.imbalance), p.spec, 0,
+                                         self.device), f"{p.name} + {kind}", "stage2") for p in list(items)]
         return items
 
 

@@ -135,6 +135,8 @@ def collect(paths: Iterable[str | Path], overrides: dict | None = None,
             only: Iterable[str] = ()) -> tuple[str, list[Planned]]:
     """The merged plan of the notebooks whose parameter files are ``paths`` (one profile).
 
+    ``overrides``: parameter values for every file whose notebook declares the name; a name none declares is refused.
+
     ``only``: keep the entries some notebook wants under a role or name containing one of these words (an entry
     two parts share, e.g. a run of the schedule study that is also a main run, is kept if either matches).
     """
@@ -142,11 +144,17 @@ def collect(paths: Iterable[str | Path], overrides: dict | None = None,
     wanted: set[str] = set()
     words = [w for w in only if w]
     profiles = set()
+    overrides = overrides or {}
+    declared: set[str] = set()
     for path in map(Path, paths):
         values = read_params_file(path)
         profile = values.get("profile", path.parent.name)
         profiles.add(profile)
-        config = config_class(path.stem).load(profile, overrides, params_dir=path.parent.parent)
+        cls = config_class(path.stem)
+        # an override applies to the files that declare it: `-p seeds "[0]"` over *.yaml leaves 00 and 06 alone
+        declared |= set(cls.names())
+        config = cls.load(profile, {k: v for k, v in overrides.items() if k in cls.names()},
+                          params_dir=path.parent.parent)
         for item in config.plan():
             items.setdefault(item.key, item)
             if not words or any(w in item.role or w in item.name for w in words):
@@ -155,6 +163,10 @@ def collect(paths: Iterable[str | Path], overrides: dict | None = None,
         raise ValueError(f"a sweep covers one profile; these files are of {sorted(profiles)}")
     if not profiles:
         raise ValueError("no parameter files given")
+    unknown = sorted(set(overrides) - declared)
+    if unknown:
+        raise ParameterError(f"unknown parameter(s) {unknown} given with -p: no notebook of these files declares "
+                             f"them; theirs are {sorted(declared)}")
     return profiles.pop(), [item for key, item in items.items() if key in wanted]
 
 
@@ -176,14 +188,17 @@ def describe(items: list[Planned], store: RunStore) -> str:
         if not there:
             missing_total += cost.seconds
         bases.add(cost.basis)
+        seed = getattr(spec, "seed", "-")
         if isinstance(spec, StageSpec):
-            what = f"stage {spec.kind:<15} on {spec.parent.key()}" + (" (trains it again: no weights here)"
-                                                                       if retrains else "")
+            # the seed column names the run a stage starts from; the stage's own seed follows its kind
+            seed = getattr(spec.parent, "seed", "-")
+            what = f"stage {spec.kind + f' (own seed {spec.seed})':<24} on {spec.parent.key()}" + (
+                " (trains it again: no weights here)" if retrains else "")
         else:
             what = (f"{spec.data.source}/IF{spec.data.imbalance:g} {spec.model} {spec.train.epochs:>3} ep "
                     f"{'bf16' if spec.train.amp else 'fp32'}" + (f" (resumes after epoch {resumes})" if resumes else ""))
         lines.append(f"{'done ' if there else 'to do'}  {item.key}  {item.role:<14} {item.name:<34} "
-                     f"seed {getattr(spec, 'seed', '-'):<2} {what}  ~{cost.seconds / 60:.1f} min ({cost.basis})")
+                     f"seed {seed:<2} {what}  ~{cost.seconds / 60:.1f} min ({cost.basis})")
     done = sum(p.key in store for p in items)
     lines.append(f"{len(items)} entries: {done} in {store.folder}, {len(items) - done} to compute; estimated "
                  f"{missing_total / 3600:.2f} h of one worker for what is missing ({total / 3600:.2f} h in all; "

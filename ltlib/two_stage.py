@@ -7,7 +7,7 @@ Kang et al. ICLR 2020) follows the weighted stage-1 training with a short classi
   per-class scale, logits = s ⊙ (W f + b), s initialised to 1 (learnable weight scaling, LWS);
 * batches come from a class-aware sampler: a class is drawn from a shuffled cycle over the classes,
   then ``samples_per_class`` (4) of its images; an epoch has n_max · C samples;
-* the loss is label-aware smoothing (:class:`ltlib.losses.LabelAwareSmoothing`), ε by imbalance factor;
+* the loss is label-aware smoothing (:class:`ltlib.losses.LabelAwareSmoothing`), ε by the nominal imbalance factor;
 * SGD (momentum 0.9), lr 0.05 with a per-epoch cosine to 0 over 50 epochs, weight decay 1e-4, batch 128.
 
 ``trainable="fc+scale"`` is the official CIFAR code (its ``DotProduct_Classifier`` trains W, b and s);
@@ -47,7 +47,7 @@ class Stage2Config:
 
     trainable: str = "fc+scale"
     loss: str = "las"
-    smooth_head: float | None = None     # None: by imbalance factor (LAS only)
+    smooth_head: float | None = None     # None: by the counts' n_max / n_min (LAS only)
     smooth_tail: float | None = None
     epochs: int = 50
     batch_size: int = 128

@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from ltlib.paths import ROOT
+from ltlib.stages import StageSpec
 from ltlib.store import RunStore
-from ltlib.studies import BaselinesNotebook, DifficultyNetNotebook, Study
+from ltlib.studies import BaselinesNotebook, DifficultyNetNotebook, Study, config_class
 from ltlib.executor import execute
 from ltlib.sweep import collect, describe, estimate
 
@@ -72,6 +73,32 @@ def test_the_dry_run_lists_every_run_with_a_cost_estimate(tmp_path, monkeypatch)
     assert all(estimate(p).seconds > 0 for p in items)
     keys = [p.key for p in items]
     assert len(keys) == len(set(keys))  # a run two notebooks share is listed once
+    # a stage's line names the seed of the run it starts from, not only its own (always 0 here)
+    lines = {line.split()[2]: line for line in out.splitlines() if line.startswith("to do")}
+    stages = [p for p in items if isinstance(p.spec, StageSpec) and hasattr(p.spec.parent, "seed")]
+    assert {p.spec.parent.seed for p in stages} == {0, 1, 2}
+    for p in stages:
+        assert f" seed {p.spec.parent.seed} " in lines[p.key] and f"(own seed {p.spec.seed})" in lines[p.key]
+
+
+@pytest.mark.parametrize("visible,expected", [(None, ["0", "1", "0"]), ("4,5", ["4", "5", "4"]),
+                                              ("GPU-a1, GPU-b2", ["GPU-a1", "GPU-b2", "GPU-a1"])])
+def test_sweep_workers_are_spread_over_the_gpus_the_sweep_was_given(visible, expected):
+    from ltlib.executor import worker_gpu
+
+    assert [worker_gpu(slot, 2, visible) for slot in range(3)] == expected
+
+
+def test_an_override_applies_to_the_files_that_declare_it_and_a_name_none_declares_is_refused():
+    from ltlib.notebook import ParameterError
+
+    files = sorted((ROOT / "params" / "cpu-real").glob("*.yaml"))
+    assert any(not hasattr(config_class(f.stem).load("cpu-real"), "seeds") for f in files)  # 00 and 06 have none
+    _, items = collect(files, {"seeds": [1]})
+    runs = [p.spec for p in items if p.role == "main"]  # the schedule and precision studies have their own seeds
+    assert runs and {spec.seed for spec in runs} == {1}
+    with pytest.raises(ParameterError, match="sedes.*no notebook of these files"):
+        collect(files, {"sedes": [1]})
 
 
 def test_a_sweep_covers_one_profile():

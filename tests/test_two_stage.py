@@ -38,6 +38,27 @@ def test_las_default_smoothing_follows_the_imbalance_factor(imbalance, expected)
     assert (loss.smooth_head, loss.smooth_tail) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("profile", ["cpu-real", "paper"])
+def test_stage2_smoothing_follows_the_nominal_imbalance_factor_as_the_official_script_does(profile):
+    from ltlib.data import class_counts
+    from ltlib.studies import DifficultyNetNotebook
+
+    config = DifficultyNetNotebook.load(profile)
+    stages = [p.spec for p in config.plan() if p.role == "stage2"]
+    crossing = 0
+    for stage in stages:
+        data, options = stage.parent.data, dict(stage.options)
+        expected = las_smoothing_for_imbalance(data.imbalance)
+        assert (options["smooth_head"], options["smooth_tail"]) == expected
+        if data.source.startswith("cifar") and data.protocol == "cdb" and data.imbalance == 100:
+            counts = class_counts(data.source, data.imbalance, data.protocol, data.shape)
+            # held-out validation images push the realised ratio past 100, into the next row of the table
+            assert max(counts) / min(counts) > 100 and expected == (0.4, 0.1)
+            assert las_smoothing_for_imbalance(max(counts) / min(counts)) != expected
+            crossing += 1
+    assert stages and crossing  # the case the rule exists for is in the profile's plan
+
+
 def test_las_equals_its_formula_and_reduces_to_cross_entropy():
     torch.manual_seed(0)
     logits, targets = torch.randn(32, 5), torch.randint(0, 5, (32,))
