@@ -315,6 +315,11 @@ class DifficultyNetNotebook(CDBRecipeConfig):
                 "momentum": 0.9, "weight_decay": float(self.stage2_weight_decay), "samples_per_class": 4,
                 "views": self.stage2_views, "cpu_threads": 1}
 
+    def stage2_smoothing(self) -> str:
+        """Label-aware smoothing's ε (head / tail) of the stage-2 runs, per imbalance factor."""
+        return ", ".join(f"IF {imbalance:g}: ε {head:g} / {tail:g}" for imbalance in self.imbalances
+                         for head, tail in [las_smoothing_for_imbalance(imbalance)])
+
     def plan(self) -> list[Planned]:
         items = self.grid()
         kind = {"fc+scale": "las_lws", "scale": "lws", "fc": "crt"}[self.stage2_trainable]

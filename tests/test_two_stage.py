@@ -50,6 +50,7 @@ def test_stage2_smoothing_follows_the_nominal_imbalance_factor_as_the_official_s
         data, options = stage.parent.data, dict(stage.options)
         expected = las_smoothing_for_imbalance(data.imbalance)
         assert (options["smooth_head"], options["smooth_tail"]) == expected
+        assert f"IF {data.imbalance:g}: ε {expected[0]:g} / {expected[1]:g}" in config.stage2_smoothing()  # as shown
         if data.source.startswith("cifar") and data.protocol == "cdb" and data.imbalance == 100:
             counts = class_counts(data.source, data.imbalance, data.protocol, data.shape)
             # held-out validation images push the realised ratio past 100, into the next row of the table
