@@ -151,6 +151,8 @@ def label(name: str) -> str:
             text = OPTION_LABELS[option]  # one part switched off: the other one alone
             continue
         text += ", " + OPTION_LABELS.get(option, f"{'τ' if key == 'tau' else key.replace('_', ' ')} = {value}")
+    if method == "intra_inter":
+        text += " (reconstruction)"  # no code or method text of Zhang et al. exists here: every legend says so
     for stage in stages:
         stage, _, extra = stage.partition(",")
         if stage.startswith("dlsa"):
