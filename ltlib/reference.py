@@ -49,6 +49,16 @@ def comparability(row: dict, *, dataset: str, imbalance: float, protocol: str, m
     return "comparable" if not differences else "not comparable: " + "; ".join(differences)
 
 
+def closest_setting(row: dict, settings) -> tuple[str, float]:
+    """Of an execution's (data set, IF) settings, the one to set a published row beside: the same data set (JPEG or
+    not) and IF where it was run, else the same data set, else the first setting."""
+    settings = list(settings)
+    if not settings:
+        raise ValueError("no (data set, IF) setting to compare a published row with")
+    return sorted(settings, key=lambda s: (s[0].replace("-jpeg", "") != row["dataset"],
+                                           float(s[1]) != float(row["imbalance"])))[0]
+
+
 def best_match(paper: str, method: str, dataset: str, imbalance: float) -> dict | None:
     """The published row of ``method`` closest to the setting: same data set base and IF first."""
     base = dataset.replace("-jpeg", "")
