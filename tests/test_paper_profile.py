@@ -68,3 +68,5 @@ def test_every_paper_notebook_runs_on_stand_in_data_twice_the_second_time_from_t
     dlsa = markdown_outputs(outputs["04_dlsa"])
     assert "DLSA on the features of" in dlsa  # the CIFAR backbones stand in for the absent feature files
     assert "is **skipped**" in markdown_outputs(outputs["02_cdb_loss"])  # no MNIST training files here
+    groups = markdown_outputs(outputs["05_intra_inter_balance"])
+    assert "groups_cifar10_IF10.pdf" in groups and "groups_cifar100_IF10.pdf" in groups  # one figure per setting
