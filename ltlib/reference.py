@@ -55,15 +55,17 @@ def closest_setting(row: dict, settings) -> tuple[str, float]:
     settings = list(settings)
     if not settings:
         raise ValueError("no (data set, IF) setting to compare a published row with")
-    return sorted(settings, key=lambda s: (s[0].replace("-jpeg", "") != row["dataset"],
-                                           float(s[1]) != float(row["imbalance"])))[0]
+    return sorted(settings, key=lambda s: _mismatch(row, *s))[0]
+
+
+def _mismatch(row: dict, dataset: str, imbalance: float) -> tuple[bool, bool]:
+    """Sort key of a published row against a setting: another data set (JPEG or not) first, then another IF."""
+    return dataset.replace("-jpeg", "") != row["dataset"], float(row["imbalance"]) != float(imbalance)
 
 
 def best_match(paper: str, method: str, dataset: str, imbalance: float) -> dict | None:
     """The published row of ``method`` closest to the setting: same data set base and IF first."""
-    base = dataset.replace("-jpeg", "")
     rows = [r for r in for_paper(paper) if r["method"] == method]
     if not rows:
         return None
-    return sorted(rows, key=lambda r: (r["dataset"] != base, float(r["imbalance"]) != float(imbalance),
-                                       -float(r["imbalance"])))[0]
+    return sorted(rows, key=lambda r: (*_mismatch(r, dataset, imbalance), -float(r["imbalance"])))[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .analysis import compare, mean_std, select
+from .methods import reconstructed_from
 from .reference import NOT_AVAILABLE, best_match, comparability
 from .studies import RECIPES, Study, study_for
 
@@ -119,8 +120,8 @@ def cross_tables(studies: dict[str, Study]) -> dict[str, pd.DataFrame]:
                 baseline = "ce + las_lws" if method.endswith("+ las_lws") else ("ce + bsm" if "+ dlsa" in method else "ce")
                 c = compare(subset, method, baseline, "top1") if method != baseline else None
                 notebook = mine[0]["notebook"]
-                if method.startswith("intra_inter"):
-                    notebook += " (reconstruction)"  # Zhang et al.'s method, rebuilt without code or method text
+                if reconstructed_from(method):
+                    notebook += " (reconstruction)"
                 rows.append({"method": method, "notebook": notebook,
                              **{g: mean_std([r[g] for r in mine]) for g in ("top1", "many", "medium", "few")},
                              "vs": baseline if c else "–", "top-1 diff": f"{c.mean:+.2f}" if c and c.n else "–",

@@ -151,10 +151,9 @@ def collect(paths: Iterable[str | Path], overrides: dict | None = None,
         profile = values.get("profile", path.parent.name)
         profiles.add(profile)
         cls = config_class(path.stem)
-        # an override applies to the files that declare it: `-p seeds "[0]"` over *.yaml leaves 00 and 06 alone
-        declared |= set(cls.names())
-        config = cls.load(profile, {k: v for k, v in overrides.items() if k in cls.names()},
-                          params_dir=path.parent.parent)
+        names = set(cls.names())
+        declared |= names  # an override applies where declared: `-p seeds "[0]"` over *.yaml leaves 00 and 06 alone
+        config = cls.load(profile, {k: v for k, v in overrides.items() if k in names}, params_dir=path.parent.parent)
         for item in config.plan():
             items.setdefault(item.key, item)
             if not words or any(w in item.role or w in item.name for w in words):

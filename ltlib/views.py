@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 from .analysis import Comparison, fmt
+from .methods import reconstructed_from
 from .provenance import trained_on
 
 
@@ -151,8 +152,8 @@ def label(name: str) -> str:
             text = OPTION_LABELS[option]  # one part switched off: the other one alone
             continue
         text += ", " + OPTION_LABELS.get(option, f"{'τ' if key == 'tau' else key.replace('_', ' ')} = {value}")
-    if method == "intra_inter":
-        text += " (reconstruction)"  # no code or method text of Zhang et al. exists here: every legend says so
+    if reconstructed_from(method):
+        text += " (reconstruction)"
     for stage in stages:
         stage, _, extra = stage.partition(",")
         if stage.startswith("dlsa"):

@@ -20,7 +20,8 @@ from .cdb import CDBMethod
 from .difficulty_net import DifficultyNetMethod
 from .intra_inter import ghm_method, intra_inter_method
 
-__all__ = ["METHODS", "Method", "MethodEntry", "MethodRef", "build_method", "method_options", "parse_method"]
+__all__ = ["METHODS", "Method", "MethodEntry", "MethodRef", "build_method", "method_options", "parse_method",
+           "reconstructed_from"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class MethodEntry:
     options: Mapping[str, Any]
     head: str = "linear"
     summary: str = ""
+    reconstruction_of: str = ""  # whose method this rebuilds without their code or method text: shown wherever it is
 
 
 def _loss_method(loss: str, *, drw: bool = False, head: str = "linear", summary: str = "",
@@ -72,8 +74,16 @@ METHODS: dict[str, MethodEntry] = {
         DifficultyNetMethod, mode="as_released", summary="Difficulty-Net as the released code trains it"),
     "ghm": MethodEntry(ghm_method, factory_options(ghm_method), summary="GHM-C (Li et al. 2019)"),
     "intra_inter": MethodEntry(intra_inter_method, factory_options(intra_inter_method),
-                               summary="intra-/inter-category balance (reconstruction of Zhang et al. 2022)"),
+                               summary="intra-/inter-category balance (reconstruction of Zhang et al. 2022)",
+                               reconstruction_of="Zhang et al. (ICASSP 2022)"),
 }
+
+
+def reconstructed_from(name: str) -> str:
+    """Whose method ``name`` (a plan name such as ``intra_inter:inter=false + crt``) rebuilds; "" for a method
+    implemented from its paper's or its official code's text."""
+    entry = METHODS.get(name.split(" + ")[0].partition(":")[0].strip())
+    return entry.reconstruction_of if entry else ""
 
 
 def _entry(name: str) -> MethodEntry:
